@@ -1,0 +1,134 @@
+"""Building blocks shared by every model family: patch embedding, attention, MLP, block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paraformer.config import ImageModelConfig
+from paraformer.errors import ShapeError
+
+
+class PatchEmbedding(nn.Module):
+    """Split an image into patches and embed them: LN(patch) -> Linear -> LN.
+
+    Adds a class token and learned position embeddings; returns ``(B, 1 + P, D)``.
+    """
+
+    def __init__(self, cfg: ImageModelConfig) -> None:
+        super().__init__()
+        self.image_size = cfg.image_size
+        self.patch_size = cfg.patch_size
+        self.in_channels = cfg.in_channels
+        patch_dim = cfg.in_channels * cfg.patch_size**2
+        self.proj = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, cfg.dim), nn.LayerNorm(cfg.dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.dim))
+        self.dropout = nn.Dropout(cfg.emb_dropout)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            got = tuple(x.shape)
+            if x.ndim == 4 and x.shape[1] != self.in_channels:
+                hint = f"the model takes {self.in_channels}-channel images; use a preset built for this data"
+            else:
+                hint = "resize the images or build the model with a matching image_size"
+            raise ShapeError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {got}: {hint}.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        b, c, _, _ = x.shape
+        p = self.patch_size
+        # (B, C, H, W) -> (B, P, p*p*C): patches in raster order, pixels then channels.
+        x = x.unfold(2, p, p).unfold(3, p, p)  # (B, C, H/p, W/p, p, p)
+        x = x.permute(0, 2, 3, 4, 5, 1).reshape(b, -1, p * p * c)
+        x = self.proj(x)  # (B, P, D)
+        cls = self.cls_token.expand(b, -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + P, D)
+        return self.dropout(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, correct for any head count that divides ``dim``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, qkv_bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+        self.out_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        return self.out_dropout(self.out(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm Transformer block (attention then MLP).
+
+    ``residual="standard"``: ``x + f(LN(x))``. ``residual="normed"``: ``LN(x) + f(LN(x))``,
+    the form in the ParaFormer authors' released code, kept for comparisons.
+    """
+
+    def __init__(self, cfg: ImageModelConfig) -> None:
+        super().__init__()
+        self.normed_residual = cfg.residual == "normed"
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg.dim, cfg.heads, cfg.dropout, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = (h if self.normed_residual else x) + self.attn(h)
+        h = self.norm2(x)
+        return (h if self.normed_residual else x) + self.mlp(h)
+
+
+class ClassifierHead(nn.Module):
+    """Final LayerNorm, pooling (class token or mean) and a linear classifier."""
+
+    def __init__(self, cfg: ImageModelConfig) -> None:
+        super().__init__()
+        self.pool = cfg.pool
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.fc = nn.Linear(cfg.dim, cfg.num_classes)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., T, D) tokens -> (..., D) normalised pooled features."""
+        x = self.norm(x)
+        return x[..., 0, :] if self.pool == "cls" else x[..., 1:, :].mean(dim=-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pooled(x))
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal linear weights, zero biases, unit LayerNorms (ViT convention)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,25 @@
+"""The sequential baseline: a standard pre-LayerNorm Vision Transformer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from paraformer.config import ViTConfig
+from paraformer.errors import ConfigError
+from paraformer.layers import Block, init_weights
+from paraformer.models.base import BranchSelection, ImageClassifier
+
+
+class ViT(ImageClassifier):
+    """Patch embedding, ``depth`` blocks one after another, norm and linear head."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__(cfg)
+        self.blocks = nn.Sequential(*(Block(cfg) for _ in range(cfg.depth)))
+        self.apply(init_weights)
+
+    def forward_tokens(self, tokens: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
+        if branches is not None:
+            raise ConfigError("a ViT has no branches; call it without branches=.")
+        return self.blocks(tokens)  # (B, T, D)
