@@ -1,0 +1,67 @@
+"""Deterministic, class-stratified subsets of an ``ImageDataset``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from paraformer.data.base import ImageDataset
+from paraformer.errors import ConfigError
+
+
+def _per_class_permutations(labels: torch.Tensor, num_classes: int, seed: int) -> list[torch.Tensor]:
+    """For each class, the indices of its samples in a seeded random order."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        out.append(idx[torch.randperm(len(idx), generator=gen)])
+    return out
+
+
+def _empty_like(dataset: ImageDataset) -> ImageDataset:
+    return ImageDataset(dataset.images[:0], dataset.labels[:0], dataset.classes)
+
+
+def train_val_split(
+    dataset: ImageDataset, val_fraction: float, seed: int
+) -> tuple[ImageDataset, ImageDataset]:
+    """Split off ``val_fraction`` of every class as a validation set (same seed, same split).
+
+    Both parts keep the original order of their images. ``val_fraction=0`` returns the
+    dataset itself and an empty validation set.
+    """
+    if not (isinstance(val_fraction, (int, float)) and math.isfinite(val_fraction) and 0 <= val_fraction < 1):
+        raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.")
+    if val_fraction == 0 or len(dataset) == 0:
+        return dataset, _empty_like(dataset)
+    val_parts = []
+    for perm in _per_class_permutations(dataset.labels, dataset.num_classes, seed):
+        n_val = int(len(perm) * val_fraction + 0.5)
+        val_parts.append(perm[:n_val])
+    is_val = torch.zeros(len(dataset), dtype=torch.bool)
+    is_val[torch.cat(val_parts)] = True
+    train_idx = torch.nonzero(~is_val).flatten()
+    val_idx = torch.nonzero(is_val).flatten()
+    return dataset.subset(train_idx), dataset.subset(val_idx)
+
+
+def limit_dataset(dataset: ImageDataset, n: int, seed: int) -> ImageDataset:
+    """A seeded subset of ``n`` images, spread over the classes as evenly as their sizes allow.
+
+    Classes take turns: every class gives one image before any gives a second, so the
+    counts differ by at most one unless a class runs out. ``n >= len(dataset)`` returns
+    the dataset unchanged.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"the number of images to keep must be a positive integer, got {n!r}.")
+    if n >= len(dataset):
+        return dataset
+    num_classes = max(dataset.num_classes, int(dataset.labels.max()) + 1)
+    rank = torch.empty(len(dataset), dtype=torch.int64)
+    for perm in _per_class_permutations(dataset.labels, num_classes, seed):
+        rank[perm] = torch.arange(len(perm))
+    order = torch.argsort(rank * num_classes + dataset.labels, stable=True)  # round-robin over classes
+    keep, _ = torch.sort(order[:n])
+    return dataset.subset(keep)
