@@ -15,7 +15,7 @@ from torch import nn
 
 from paraformer.config import ParaFormerConfig
 from paraformer.errors import ConfigError
-from paraformer.layers import Block, init_weights
+from paraformer.layers import Block
 from paraformer.models.base import BranchSelection, ImageClassifier
 
 
@@ -27,7 +27,6 @@ class ParaFormer(ImageClassifier):
         self.branches = nn.ModuleList(
             nn.Sequential(*(Block(cfg) for _ in range(cfg.branch_depth))) for _ in range(cfg.num_branches)
         )
-        self.apply(init_weights)
 
     @property
     def num_branches(self) -> int:
@@ -47,7 +46,9 @@ class ParaFormer(ImageClassifier):
             if len(set(indices)) != len(indices) or not all(0 <= i < n for i in indices):
                 raise ConfigError(f"branch indices {indices} must be distinct and in [0, {n - 1}].")
             return indices
-        raise ConfigError(f"branches must be None, a count k, or a non-empty list of indices; got {branches!r}.")
+        raise ConfigError(
+            f"branches must be None, a count k, or a non-empty list of indices; got {branches!r}."
+        )
 
     def branch_outputs(self, tokens: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
         """(B, T, D) tokens -> (K, B, T, D), the output of each selected branch."""

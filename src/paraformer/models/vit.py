@@ -7,7 +7,7 @@ from torch import nn
 
 from paraformer.config import ViTConfig
 from paraformer.errors import ConfigError
-from paraformer.layers import Block, init_weights
+from paraformer.layers import Block
 from paraformer.models.base import BranchSelection, ImageClassifier
 
 
@@ -17,7 +17,6 @@ class ViT(ImageClassifier):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__(cfg)
         self.blocks = nn.Sequential(*(Block(cfg) for _ in range(cfg.depth)))
-        self.apply(init_weights)
 
     def forward_tokens(self, tokens: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
         if branches is not None:
