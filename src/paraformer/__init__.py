@@ -1,0 +1,21 @@
+"""paraformer: depth-efficient Transformers (ParaFormer and its sequential ViT twins)."""
+
+from paraformer.config import ParaFormerConfig, ViTConfig, config_from_dict
+from paraformer.errors import ParaformerError
+from paraformer.models import ParaFormer, ViT, build_model
+from paraformer.registry import create_model, get_config, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ParaFormer",
+    "ParaFormerConfig",
+    "ParaformerError",
+    "ViT",
+    "ViTConfig",
+    "build_model",
+    "config_from_dict",
+    "create_model",
+    "get_config",
+    "list_models",
+]

@@ -1,0 +1,1 @@
+"""Analysis tools: training curves and (later) gradient fan-in and layer scores."""

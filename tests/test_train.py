@@ -1,0 +1,226 @@
+"""Training: a real short run learns, strategies do what they say, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from paraformer.errors import ConfigError, TrainingError
+from paraformer.models import ParaFormer
+from paraformer.train import TrainConfig, resume, train
+from paraformer.train.schedule import warmup_cosine
+from paraformer.train.strategies import FusedStrategy, ProgressiveStrategy, StandardStrategy, make_strategy
+
+# A small ParaFormer on the embedded Fashion-MNIST subset: seconds per epoch on 2 cores.
+SMALL = {"dim": 32, "heads": 2, "mlp_dim": 64, "num_branches": 3, "branch_depth": 1}
+
+
+def small_config(**kw) -> TrainConfig:
+    base = dict(
+        model="paraformer_tiny_fmnist",
+        model_overrides=SMALL,
+        dataset="embedded",
+        epochs=2,
+        batch_size=64,
+        lr=2e-3,
+        limit_train=400,
+        warmup_epochs=0.5,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def fast_learning_config(**kw) -> TrainConfig:
+    """Patch 7 (16 tokens) learns in a few seconds; seeds 0-2 reached 67-72% test accuracy."""
+    base = dict(
+        epochs=10, limit_train=1000, batch_size=32, lr=3e-3, model_overrides={**SMALL, "patch_size": 7}
+    )
+    return small_config(**{**base, **kw})
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_short_real_run_learns_and_writes_a_complete_run_folder(tmp_path: Path) -> None:
+    cfg = fast_learning_config(mode="fused")
+    summary = train(cfg, tmp_path / "run", log=quiet, progress=False)
+    run = tmp_path / "run"
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "train_state.pt",
+        "metrics.jsonl",
+        "curves.png",
+        "summary.json",
+        "best/model.safetensors",
+        "best/config.json",
+    ):
+        assert (run / name).is_file(), name
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, 11))
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert summary["final_test_acc"] > 0.55, summary  # chance is 10%
+    assert len(history[-1]["test_acc_prefix"]) == 3
+    assert history[-1]["images_per_s"] > 0 and history[-1]["val_acc"] is not None
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["num_branches"] == 3 and config["train"]["mode"] == "fused"
+
+
+def test_vit_twin_trains_with_the_standard_loop(tmp_path: Path) -> None:
+    overrides = {k: v for k, v in SMALL.items() if k not in ("num_branches", "branch_depth")} | {"depth": 3}
+    cfg = small_config(model="vit_tiny_fmnist", model_overrides=overrides, epochs=1, mode="progressive")
+    summary = train(cfg, tmp_path / "vit", log=quiet, progress=False)
+    assert summary["mode"] == "standard" and summary["final_test_acc_prefix"] is None
+
+
+def _counting_stepper() -> tuple[list[float], object]:
+    losses: list[float] = []
+
+    def step(loss: torch.Tensor) -> None:
+        losses.append(loss.item())
+        loss.backward()
+
+    return losses, step
+
+
+def _tiny_model() -> ParaFormer:
+    from paraformer.registry import create_model
+
+    torch.manual_seed(0)
+    return create_model("paraformer_tiny_fmnist", **SMALL, image_size=8)
+
+
+def test_progressive_takes_one_step_per_prefix_then_one_full_step() -> None:
+    model = _tiny_model()
+    strategy = make_strategy(model, "progressive", "uniform", 0.0)
+    assert isinstance(strategy, ProgressiveStrategy) and strategy.passes == ("prefixes", "full")
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    losses, step = _counting_stepper()
+    model.eval()
+    strategy.train_batch(model, x, y, "prefixes", step)
+    assert len(losses) == 3
+    expected = [torch.nn.functional.cross_entropy(model(x, branches=k), y).item() for k in (1, 2, 3)]
+    assert losses == pytest.approx(expected, rel=1e-5)
+    strategy.train_batch(model, x, y, "full", step)
+    assert len(losses) == 4
+    assert strategy.steps_per_batch("prefixes") == 3 and strategy.steps_per_batch("full") == 1
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "linear"])
+def test_fused_loss_is_the_weighted_mean_of_prefix_losses(weighting: str) -> None:
+    model = _tiny_model().eval()
+    strategy = make_strategy(model, "fused", weighting, 0.0)
+    assert isinstance(strategy, FusedStrategy)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    losses, step = _counting_stepper()
+    strategy.train_batch(model, x, y, "train", step)
+    per_prefix = torch.tensor(
+        [torch.nn.functional.cross_entropy(model(x, branches=k), y).item() for k in (1, 2, 3)]
+    )
+    w = torch.ones(3) if weighting == "uniform" else torch.tensor([1.0, 2.0, 3.0])
+    assert losses == [pytest.approx((per_prefix * w / w.sum()).sum().item(), rel=1e-5)]
+
+
+def test_joint_mode_and_vits_use_the_standard_strategy() -> None:
+    assert type(make_strategy(_tiny_model(), "joint", "uniform", 0.0)) is StandardStrategy
+
+
+def test_warmup_cosine_schedule() -> None:
+    lrs = [warmup_cosine(s, 100, 10, 1.0, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+@pytest.mark.parametrize("mode", ["fused", "progressive"])
+def test_resume_after_an_epoch_gives_the_same_weights(tmp_path: Path, mode: str) -> None:
+    cfg = small_config(mode=mode, limit_train=200)
+    train(cfg, tmp_path / "full", log=quiet, progress=False)
+    partial = train(cfg, tmp_path / "split", log=quiet, progress=False, stop_after_epochs=1)
+    assert partial["epochs_completed"] == 1 and not partial["complete"]
+    resume(tmp_path / "split", log=quiet, progress=False)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    split = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["test_acc"] for x in full] == [json.loads(x)["test_acc"] for x in split]
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = small_config(mode="progressive", limit_train=300, epochs=2)
+    train(cfg, tmp_path / "full", log=quiet, progress=False)
+
+    calls = {"n": 0}
+    original = ProgressiveStrategy.train_batch
+
+    def interrupting(self, *args, **kwargs):  # a Ctrl-C arrives during the 3rd batch
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProgressiveStrategy, "train_batch", interrupting)
+    messages: list[str] = []
+    result = train(cfg, tmp_path / "cut", log=messages.append, progress=False)
+    assert result["interrupted"] and "--resume" in messages[-1]
+    assert not (tmp_path / "cut" / "metrics.jsonl").exists()  # stopped inside epoch 1
+    monkeypatch.setattr(ProgressiveStrategy, "train_batch", original)
+    resume(tmp_path / "cut", log=quiet, progress=False)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path: Path) -> None:
+    train(small_config(epochs=1, limit_train=100), tmp_path / "r", log=quiet, progress=False)
+    summary = resume(tmp_path / "r", epochs=2, log=quiet, progress=False)
+    assert summary["epochs_completed"] == 2
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path: Path) -> None:
+    train(small_config(epochs=1, limit_train=100), tmp_path / "r", log=quiet, progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(small_config(epochs=1, limit_train=100), tmp_path / "r", log=quiet, progress=False)
+
+
+def test_a_nan_loss_stops_training_with_advice(tmp_path: Path) -> None:
+    cfg = small_config(epochs=1, limit_train=200, lr=1e30, grad_clip=0.0, warmup_epochs=0.0)
+    with pytest.raises(TrainingError, match="learning rate"):
+        train(cfg, tmp_path / "nan", log=quiet, progress=False)
+
+
+def test_training_is_deterministic_per_seed(tmp_path: Path) -> None:
+    cfg = small_config(epochs=1, limit_train=128)
+    train(cfg, tmp_path / "a", log=quiet, progress=False)
+    train(cfg, tmp_path / "b", log=quiet, progress=False)
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_autocast_trains(tmp_path: Path) -> None:
+    summary = train(fast_learning_config(epochs=6, bf16=True), tmp_path / "bf16", log=quiet, progress=False)
+    assert summary["final_test_acc"] > 0.45  # chance is 10%
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(mode="sequential"), "mode"),
+        (dict(epochs=0), "epochs"),
+        (dict(lr=-1.0), "lr"),
+        (dict(val_fraction=1.0), "val_fraction"),
+        (dict(limit_train=0), "limit_train"),
+        (dict(device="tpu"), "device"),
+    ],
+)
+def test_bad_training_values_fail_with_a_sentence(kw: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        small_config(**kw)
