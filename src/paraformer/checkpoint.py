@@ -9,9 +9,6 @@ state is read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from paraformer.atomic import atomic_write
 from paraformer.config import ImageModelConfig, config_from_dict
 from paraformer.errors import CheckpointError, ConfigError
 from paraformer.models import ImageClassifier, build_model
@@ -26,19 +24,6 @@ from paraformer.models import ImageClassifier, build_model
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, then move the finished file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:

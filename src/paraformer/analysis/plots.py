@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from paraformer.checkpoint import atomic_write
+from paraformer.atomic import atomic_write
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> None:

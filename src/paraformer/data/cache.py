@@ -12,13 +12,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from paraformer.atomic import atomic_write
 from paraformer.data.base import ImageDataset
 
 FORMAT_VERSION = 1
@@ -45,16 +45,6 @@ def file_stats(paths: list[Path]) -> list[tuple[str, int, int]]:
 def make_key(kind: str, source: Path, stats: list[tuple[str, int, int]]) -> str:
     blob = json.dumps([FORMAT_VERSION, kind, str(source.resolve()), stats]).encode()
     return f"{kind}-{hashlib.sha256(blob).hexdigest()[:20]}"
-
-
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def load(key: str) -> tuple[ImageDataset, ImageDataset, list[str]] | None:
@@ -103,10 +93,15 @@ def save(key: str, train: ImageDataset, test: ImageDataset, source: str, notes: 
             for part, tensor in (("images", ds.images), ("labels", ds.labels)):
                 name = f"{split}_{part}"
                 array = tensor.contiguous().numpy()
-                _atomic_write(folder / f"{name}.npy", lambda f, a=array: np.save(f, a, allow_pickle=False))
+                atomic_write(folder / f"{name}.npy", lambda tmp, a=array: _save_npy(tmp, a))
                 sizes[name] = (folder / f"{name}.npy").stat().st_size
         meta = {"version": FORMAT_VERSION, "source": source, "classes": list(train.classes)}
         meta.update(sizes=sizes, notes=list(notes))
-        _atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     except OSError as exc:
         print(f"note: cannot write the decoded-data cache in {folder} ({exc})", file=sys.stderr)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a bare name
+        np.save(f, array, allow_pickle=False)

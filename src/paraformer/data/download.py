@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
+from paraformer.atomic import atomic_write
 from paraformer.errors import DataError
 
 CONNECT_TIMEOUT_S = 10.0
@@ -43,12 +42,10 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> None:
 
     Raises ``DataError`` with a short reason (network error or checksum mismatch).
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+
+    def download(tmp: Path) -> None:
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = tqdm(
                 total=total,
@@ -66,13 +63,13 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> None:
                     bar.update(len(chunk))
         if digest.hexdigest() != md5:
             raise DataError(f"checksum mismatch for {url} (md5 {digest.hexdigest()}, expected {md5})")
-        os.replace(tmp, dest)
+
+    try:
+        atomic_write(dest, download)
     except DataError:
         raise
     except (OSError, ValueError) as exc:  # URLError and socket timeouts are OSErrors
         raise DataError(f"cannot download {url}: {_reason(exc)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fetch_all(base_url: str, names: dict[str, str], dest_dir: Path, *, progress: bool = True) -> str | None:
