@@ -206,11 +206,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--long-factor", type=int, default=2, help="epochs multiplier of fused-long")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice, one per core)"
+    )
     parser.add_argument("--progress", action="store_true", help="show per-batch progress bars")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-accuracy")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = [
         run_one(dataset, mode, args, seed, args.out)

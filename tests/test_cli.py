@@ -163,3 +163,30 @@ def test_the_installed_command_gives_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ")
+
+
+def test_config_file_sets_defaults_and_flags_override_it(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.json"
+    settings = {
+        "_note": "keys starting with an underscore are comments",
+        "epochs": 1,
+        "limit_train": 100,
+        "batch_size": 50,
+        "lr": 3e-3,
+        "model_overrides": {"dim": 32, "heads": 2, "mlp_dim": 64, "num_branches": 2},
+    }
+    recipe.write_text(json.dumps(settings))
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(recipe), "--set", "branch_depth=1", "--lr", "2e-3", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["lr"] == 2e-3 and saved["train"]["batch_size"] == 50
+    assert saved["model"]["num_branches"] == 2 and saved["model"]["branch_depth"] == 1
+    # a finished run's config.json is a recipe too
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(out / "config.json"), "--no-progress", "--out", str(again)]) == 0
+    assert json.loads((again / "config.json").read_text())["train"] == saved["train"]
+
+
+def test_bad_config_file_is_one_line(tmp_path: Path, capsys) -> None:
+    one_line_error(capsys, main(["train", "--config", "paper_cifar1000"]), "paper_cifar10")

@@ -219,8 +219,36 @@ def test_bf16_autocast_trains(tmp_path: Path) -> None:
         (dict(val_fraction=1.0), "val_fraction"),
         (dict(limit_train=0), "limit_train"),
         (dict(device="tpu"), "device"),
+        (dict(strong_magnitude=31), "strong_magnitude"),
+        (dict(strong_ops=-1), "strong_ops"),
+        (dict(crop_padding=-1), "crop_padding"),
     ],
 )
 def test_bad_training_values_fail_with_a_sentence(kw: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         small_config(**kw)
+
+
+def test_shipped_recipes_are_valid_paper_protocols() -> None:
+    from paraformer.train.config import list_recipes, load_recipe
+
+    assert {"paper_cifar10", "paper_cifar100", "paper_fashion_mnist"} <= set(list_recipes())
+    for name in list_recipes():
+        cfg = TrainConfig.from_dict(load_recipe(name))
+        assert cfg.model == "paraformer_paper" and cfg.mode == "progressive"
+        assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs) == ("adam", 1e-4, 500, 300)
+        assert (cfg.strong_ops, cfg.strong_magnitude) == (2, 14)
+
+
+def test_recipe_errors_name_the_problem(tmp_path: Path) -> None:
+    from paraformer.train.config import load_recipe
+
+    with pytest.raises(ConfigError, match="paper_cifar10"):
+        load_recipe("no_such_recipe")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochs": 3, "lrr": 0.1}')
+    with pytest.raises(ConfigError, match="lrr"):
+        load_recipe(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        load_recipe(bad)

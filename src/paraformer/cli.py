@@ -18,34 +18,43 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from paraformer.errors import ParaformerError
-from paraformer.train.config import MODES, OPTIMIZERS, PREFIX_WEIGHTS, TrainConfig
+from paraformer.train.config import (
+    MODES,
+    OPTIMIZERS,
+    PREFIX_WEIGHTS,
+    TrainConfig,
+    list_recipes,
+    load_recipe,
+)
 
 EXIT_USAGE = 2
 
-# CLI flag -> TrainConfig field, for the flags that map one to one.
-_TRAIN_FLAGS: dict[str, str] = {
-    "model": "model",
-    "dataset": "dataset",
-    "data_dir": "data_dir",
-    "mode": "mode",
-    "prefix_weights": "prefix_weights",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "optimizer": "optimizer",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "warmup_epochs": "warmup_epochs",
-    "grad_clip": "grad_clip",
-    "label_smoothing": "label_smoothing",
-    "bf16": "bf16",
-    "strong_augment": "strong_augment",
-    "crop_padding": "crop_padding",
-    "seed": "seed",
-    "val_fraction": "val_fraction",
-    "limit_train": "limit_train",
-    "device": "device",
-    "save_every_minutes": "save_every_minutes",
-}
+# TrainConfig fields that have a flag of the same name (``--batch-size`` -> batch_size).
+_TRAIN_FLAGS: tuple[str, ...] = (
+    "model",
+    "dataset",
+    "data_dir",
+    "mode",
+    "prefix_weights",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "grad_clip",
+    "label_smoothing",
+    "bf16",
+    "strong_augment",
+    "strong_ops",
+    "strong_magnitude",
+    "crop_padding",
+    "seed",
+    "val_fraction",
+    "limit_train",
+    "device",
+    "save_every_minutes",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,17 +76,15 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 
 def _train_command(args: argparse.Namespace) -> int:
-    from paraformer.registry import get_config
     from paraformer.train import resume, train
 
-    given = {
-        field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items() if getattr(args, flag) is not None
-    }
+    given = {name: getattr(args, name) for name in _TRAIN_FLAGS if getattr(args, name) is not None}
     overrides = dict(args.set or [])
     if args.resume:
         if args.out is None:
             raise ParaformerError("--resume needs --out DIR, the folder of the run to continue.")
         extra = sorted(set(given) - {"epochs"}) + (["--set"] if overrides else [])
+        extra += ["--config"] if args.config else []
         if extra:
             raise ParaformerError(
                 f"--resume continues the run with its saved settings; drop {', '.join(extra)} "
@@ -85,13 +92,13 @@ def _train_command(args: argparse.Namespace) -> int:
             )
         summary = resume(args.out, epochs=given.get("epochs"), progress=not args.no_progress)
     else:
-        cfg = TrainConfig(**given, model_overrides=overrides)
-        get_config(cfg.model, **cfg.model_overrides)  # a bad model or override fails before any output
+        base = load_recipe(args.config) if args.config else {}
+        model_overrides = {**base.pop("model_overrides", {}), **overrides}
+        cfg = TrainConfig.from_dict({**base, **given, "model_overrides": model_overrides})
         out = (
             args.out
             or Path("runs") / f"{cfg.model}-{cfg.dataset.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
-        print(f"training {cfg.model} on {cfg.dataset} ({cfg.mode}), run folder {out}", file=sys.stderr)
         summary = train(cfg, out, progress=not args.no_progress)
         args.out = out
     if summary.get("interrupted"):
@@ -198,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
 
     p = sub.add_parser("train", help="train a model", description=train_fn.__doc__)
+    p.add_argument(
+        "--config",
+        metavar="FILE_OR_RECIPE",
+        help="start from a JSON file of training settings (or a run's config.json) or a shipped "
+        f"recipe ({', '.join(list_recipes())}); other flags override it",
+    )
     p.add_argument("--model", help=f"preset name (default {defaults.model}; see list-models)")
     p.add_argument(
         "--dataset",
@@ -224,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strong-augment", action="store_true", default=None, help="add a RandAugment-style policy"
     )
+    p.add_argument("--strong-ops", type=int, help="RandAugment N, operations per image (default 2)")
+    p.add_argument("--strong-magnitude", type=int, help="RandAugment M, 0-30 (default 9; the paper uses 14)")
     p.add_argument(
         "--crop-padding",
         type=int,

@@ -147,13 +147,19 @@ def default_crop_padding(image_size: int, natural_images: bool) -> int:
 
 
 def transform_for(
-    splits: DataSplits, image_size: int, *, strong: bool = False, crop_padding: int | None = None
+    splits: DataSplits,
+    image_size: int,
+    *,
+    strong: bool = False,
+    strong_ops: int = 2,
+    strong_magnitude: int = 9,
+    crop_padding: int | None = None,
 ) -> BatchTransform:
     """The standard transform for a data set at a model's input size.
 
     Normalises with the train split's channel statistics, pads-and-crops by
-    ``crop_padding`` pixels (default ``default_crop_padding``), and flips horizontally
-    only for natural images.
+    ``crop_padding`` pixels (default ``default_crop_padding``), flips horizontally
+    only for natural images, and with ``strong`` adds the RandAugment-like policy.
     """
     mean, std = channel_stats(splits.train)
     if crop_padding is None:
@@ -165,4 +171,6 @@ def transform_for(
         crop_padding=crop_padding,
         hflip=splits.natural_images,
         strong=strong,
+        strong_ops=strong_ops,
+        strong_magnitude=strong_magnitude,
     )

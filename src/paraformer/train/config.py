@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from paraformer.data.augment import MAX_MAGNITUDE
 from paraformer.errors import ConfigError
 
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 MODES = ("fused", "progressive", "joint")
 PREFIX_WEIGHTS = ("uniform", "linear")
 OPTIMIZERS = ("adamw", "adam")
@@ -37,6 +41,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     bf16: bool = False
     strong_augment: bool = False
+    strong_ops: int = 2  # RandAugment N: operations per image
+    strong_magnitude: int = 9  # RandAugment M, 0-30 (the ParaFormer authors use 14)
     crop_padding: int | None = None  # None: an eighth of the input for natural images, else a 16th
     seed: int = 0
     val_fraction: float = 0.1
@@ -82,6 +88,14 @@ class TrainConfig:
             f"limit_train must be a positive integer, got {self.limit_train!r}.",
         )
         require(
+            isinstance(self.strong_ops, int) and self.strong_ops >= 0,
+            f"strong_ops must be an integer >= 0, got {self.strong_ops!r}.",
+        )
+        require(
+            isinstance(self.strong_magnitude, int) and 0 <= self.strong_magnitude <= MAX_MAGNITUDE,
+            f"strong_magnitude must be an integer in 0..{MAX_MAGNITUDE}, got {self.strong_magnitude!r}.",
+        )
+        require(
             self.crop_padding is None or (isinstance(self.crop_padding, int) and self.crop_padding >= 0),
             f"crop_padding must be an integer >= 0 (0 turns random crops off), got {self.crop_padding!r}.",
         )
@@ -98,9 +112,42 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown training config field(s) {unknown}.")
+            raise ConfigError(f"unknown training config field(s) {unknown}; known fields: {sorted(known)}.")
         return cls(**data)
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def list_recipes() -> list[str]:
+    """Names of the training recipes shipped with the package (``recipes/*.json``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """Training settings from a JSON file or a shipped recipe name, as a dict of TrainConfig fields.
+
+    A run's ``config.json`` works too: its ``"train"`` section is used. Keys starting
+    with ``_`` are comments and are dropped.
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        shipped = RECIPES_DIR / f"{name_or_path}.json"
+        if not shipped.is_file():
+            raise ConfigError(
+                f"--config {name_or_path}: no such file, and not a shipped recipe "
+                f"(recipes: {', '.join(list_recipes())})."
+            )
+        path = shipped
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read the training config {path}: {err}") from None
+    if isinstance(data, dict) and isinstance(data.get("train"), dict):
+        data = data["train"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object of training settings.")
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    TrainConfig.from_dict(data)  # fails here, naming the file's bad field
+    return data

@@ -24,10 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from paraformer.analysis.plots import plot_curves
+from paraformer.atomic import atomic_write
 from paraformer.checkpoint import (
     CONFIG_FILE,
     TRAIN_STATE_FILE,
-    atomic_write,
     load_config,
     load_train_state,
     save_model,
@@ -82,8 +82,8 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare(cfg: TrainConfig, log: Log, progress: bool = True) -> Setup:
     """Load the data and build the model the run describes (checks they fit together)."""
+    model_cfg = get_config(cfg.model, **cfg.model_overrides)  # a bad model fails before data loads
     splits = load_dataset(cfg.dataset, cfg.data_dir, progress=progress)
-    model_cfg = get_config(cfg.model, **cfg.model_overrides)
     if model_cfg.in_channels != splits.train.channels:
         raise ShapeError(
             f"model {cfg.model} takes {model_cfg.in_channels}-channel images but {cfg.dataset} has "
@@ -104,7 +104,12 @@ def prepare(cfg: TrainConfig, log: Log, progress: bool = True) -> Setup:
         train = limit_dataset(train, cfg.limit_train, seed=cfg.seed)
     train, val = train_val_split(train, cfg.val_fraction, seed=cfg.seed)
     transform = transform_for(
-        splits, model_cfg.image_size, strong=cfg.strong_augment, crop_padding=cfg.crop_padding
+        splits,
+        model_cfg.image_size,
+        strong=cfg.strong_augment,
+        strong_ops=cfg.strong_ops,
+        strong_magnitude=cfg.strong_magnitude,
+        crop_padding=cfg.crop_padding,
     )
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -408,7 +413,14 @@ def train(
         raise ConfigError(
             f"{out_dir} already holds a run; continue it with --resume or choose another --out."
         )
-    trainer = Trainer(prepare(cfg, log, progress), out_dir, log, progress)
+    setup = prepare(cfg, log, progress)
+    trainer = Trainer(setup, out_dir, log, progress)
+    info = setup.data_info
+    log(
+        f"training {cfg.model} ({setup.model.num_params():,} params, {trainer.mode_name}) on "
+        f"{info['dataset']}: {info['num_train']:,} train / {info['num_val']:,} val / "
+        f"{info['num_test']:,} test images, {cfg.epochs} epochs; run folder {out_dir}"
+    )
     return trainer.run(stop_after_epochs)
 
 
