@@ -58,8 +58,9 @@ def test_prefix_forward_equals_manual_sum_of_branches() -> None:
     torch.testing.assert_close(model(x), model(x, branches=3))
 
 
-def test_prefix_logits_match_per_prefix_forward() -> None:
-    model = tiny_paraformer()
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_prefix_logits_match_per_prefix_forward(pool: str) -> None:
+    model = tiny_paraformer(pool=pool)
     x = torch.randn(4, 3, 8, 8)
     all_prefixes = model.prefix_logits(x)
     assert all_prefixes.shape == (3, 4, 5)

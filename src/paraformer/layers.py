@@ -133,8 +133,9 @@ class ClassifierHead(nn.Module):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """(..., T, D) tokens -> (..., D) normalised pooled features."""
-        x = self.norm(x)
-        return x[..., 0, :] if self.pool == "cls" else x[..., 1:, :].mean(dim=-2)
+        if self.pool == "cls":
+            return self.norm(x[..., 0, :])  # LayerNorm is per token: normalise only the one used
+        return self.norm(x)[..., 1:, :].mean(dim=-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pooled(x))

@@ -60,5 +60,7 @@ class ParaFormer(ImageClassifier):
     def prefix_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (N, B, classes): logits of every prefix 1..N from one pass."""
         outputs = self.branch_outputs(self.embed(x))  # (N, B, T, D)
-        prefix_sums = outputs.cumsum(dim=0)  # (N, B, T, D)
+        if self.cfg.pool == "cls":
+            outputs = outputs[:, :, :1]  # (N, B, 1, D): the head reads only the class token
+        prefix_sums = outputs.cumsum(dim=0)  # (N, B, T or 1, D)
         return self.head(prefix_sums)  # (N, B, classes)

@@ -1,0 +1,110 @@
+"""Training throughput of each ParaFormer mode and the ViT twin, measured side by side.
+
+Every mode trains on the same random batch with a real AdamW step. The modes take
+turns (round-robin, ``--rounds`` rounds of ``--batches`` batches each), so machine
+noise hits them alike; the median round is reported. The cost of one *epoch* is
+what matters for the modes: ``progressive`` makes N prefix steps per batch and then
+a second full pass over the data, so its epoch costs (prefix pass + full pass).
+
+    python benchmarks/throughput.py                      # dim 64, 8x2, 28x28 and 32x32 inputs
+    python benchmarks/throughput.py --bf16 --batch-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from paraformer.models import ImageClassifier
+from paraformer.registry import create_model
+from paraformer.train.strategies import make_strategy
+
+INPUTS = {"fashion-mnist": ("tiny_fmnist", 1, 28), "cifar10": ("tiny_cifar", 3, 32)}
+MODES = ("vit", "joint", "fused", "progressive")
+
+
+def build(mode: str, preset: str, args: argparse.Namespace) -> ImageClassifier:
+    shape = {"dim": args.dim, "heads": args.heads, "mlp_dim": 4 * args.dim}
+    torch.manual_seed(0)
+    if mode == "vit":
+        return create_model(f"vit_{preset}", **shape, depth=args.branches * args.branch_depth)
+    return create_model(
+        f"paraformer_{preset}", **shape, num_branches=args.branches, branch_depth=args.branch_depth
+    )
+
+
+def epoch_seconds_per_batch(mode: str, model: ImageClassifier, x, y, batches: int, bf16: bool) -> float:
+    """Seconds that one batch's share of an epoch takes in ``mode`` (all passes included)."""
+    strategy = make_strategy(model, "joint" if mode == "vit" else mode, "uniform", 0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    model.train()
+    start = time.perf_counter()
+    for _ in range(batches):
+        for pass_name in strategy.passes:
+            with autocast:
+                strategy.train_batch(model, x, y, pass_name, step)
+    return (time.perf_counter() - start) / batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--branches", type=int, default=8)
+    parser.add_argument("--branch-depth", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=3, help="batches per mode per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {'bf16' if args.bf16 else 'fp32'}, "
+        f"dim {args.dim}, {args.heads} heads, {args.branches} x {args.branch_depth} (ViT depth "
+        f"{args.branches * args.branch_depth}), batch {args.batch_size}, median of {args.rounds} rounds"
+    )
+    print()
+    print("| input | mode | ms per batch-epoch | images/s (epoch) | epoch cost vs ViT | vs fused |")
+    print("|---|---|---|---|---|---|")
+    for name in args.inputs:
+        preset, channels, size = INPUTS[name]
+        x = torch.randn(args.batch_size, channels, size, size)
+        y = torch.randint(0, 10, (args.batch_size,))
+        models = {mode: build(mode, preset, args) for mode in MODES}
+        for mode, model in models.items():  # warm-up
+            epoch_seconds_per_batch(mode, model, x, y, 1, args.bf16)
+        times: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for _ in range(args.rounds):
+            for mode, model in models.items():
+                times[mode].append(epoch_seconds_per_batch(mode, model, x, y, args.batches, args.bf16))
+        median = {mode: statistics.median(t) for mode, t in times.items()}
+        for mode in MODES:
+            print(
+                f"| {name} {channels}x{size}x{size} | {mode} | {1000 * median[mode]:.0f} "
+                f"| {args.batch_size / median[mode]:.0f} | {median[mode] / median['vit']:.2f}x "
+                f"| {median[mode] / median['fused']:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()
