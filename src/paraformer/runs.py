@@ -76,7 +76,14 @@ def evaluate_run(
         tuple(saved["data"]["mean"]), tuple(saved["data"]["std"]), out_size=model.cfg.image_size
     )
     result = evaluate(
-        model, dataset, transform, batch_size=cfg.eval_batch_size, branches=branches, prefixes=True
+        model,
+        dataset,
+        transform,
+        batch_size=cfg.eval_batch_size,
+        branches=branches,
+        prefixes=True,
+        progress=progress,
+        desc=f"eval {split}",
     )
     return {
         "run": str(run_dir),

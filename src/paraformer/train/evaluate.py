@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from paraformer.data import BatchTransform, ImageDataset
 from paraformer.models import ImageClassifier, ParaFormer
@@ -32,6 +34,8 @@ def evaluate(
     branches: BranchSelection = None,
     prefixes: bool = False,
     bf16: bool = False,
+    progress: bool = False,
+    desc: str = "eval",
 ) -> EvalResult:
     """Evaluate on ``dataset``; with ``prefixes`` also every prefix from the same pass."""
     if len(dataset) == 0:
@@ -44,6 +48,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.long)
     prefix_correct: torch.Tensor | None = None
     loss_sum = 0.0
+    bar = tqdm(total=len(dataset), desc=desc, unit="img", leave=False, file=sys.stderr, disable=not progress)
     try:
         for start in range(0, len(dataset), batch_size):
             images = dataset.images[start : start + batch_size].to(device)
@@ -59,7 +64,9 @@ def evaluate(
                     logits = model(x, branches=branches).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(-1) == labels).sum().cpu()
+            bar.update(len(labels))
     finally:
+        bar.close()
         model.train(was_training)
     n = len(dataset)
     prefix_acc = [] if prefix_correct is None else [c / n for c in prefix_correct.tolist()]

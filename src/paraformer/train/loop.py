@@ -332,9 +332,9 @@ class Trainer:
     def _end_epoch(self) -> None:
         cfg, s, st = self.cfg, self.s, self.epoch_stats
         is_para = isinstance(self.model, ParaFormer)
-        kw = {"batch_size": cfg.eval_batch_size, "bf16": cfg.bf16}
-        val = evaluate(self.model, s.val, s.transform, **kw)
-        test = evaluate(self.model, s.test, s.transform, prefixes=is_para, **kw)
+        kw = {"batch_size": cfg.eval_batch_size, "bf16": cfg.bf16, "progress": self.progress}
+        val = evaluate(self.model, s.val, s.transform, desc="validation", **kw)
+        test = evaluate(self.model, s.test, s.transform, prefixes=is_para, desc="test", **kw)
         images = len(s.train)  # dataset images per epoch, whatever the number of passes
         record = {
             "epoch": self.pos.epoch + 1,
