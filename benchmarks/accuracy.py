@@ -7,6 +7,11 @@ For each dataset, trains (same data, seed, epochs, batch and optimiser):
   progressive  ParaFormer, the authors' schedule (a step per prefix, then a full pass)
   fused-long   fused again with --long-factor times the epochs (its own cosine schedule),
                to see whether fused reaches progressive's accuracy in less wall-clock time
+  fused-small-batch  fused with batch --small-batch: progressive takes N+1 optimizer steps
+               per batch, fused one; a smaller batch gives fused more steps per epoch
+  fused-long-small-batch  both: batch --small-batch and --long-factor times the epochs
+With --reuse, finished runs in --out are read back instead of trained again and
+interrupted ones are resumed, so a long benchmark can be stopped and continued.
 and reports test accuracy, seconds per epoch, images/s, the accuracy of every
 branch prefix, and how much wall-clock time fused needs to reach progressive's
 final accuracy. Results go to benchmarks/results/ and into BENCHMARKS.md.
@@ -28,17 +33,18 @@ from typing import Any
 
 import torch
 
-from paraformer.train import TrainConfig, train
+from paraformer.train import TrainConfig, resume, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODES = ("vit", "joint", "fused", "progressive", "fused-long")
+MODES = ("vit", "joint", "fused", "progressive", "fused-long", "fused-small-batch", "fused-long-small-batch")
+FUSED_VARIANTS = ("fused", "fused-long", "fused-small-batch", "fused-long-small-batch")
 PRESETS = {"fashion-mnist": "tiny_fmnist", "cifar10": "tiny_cifar"}
 
 
 def run_one(dataset: str, mode: str, args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
     family = "vit" if mode == "vit" else "paraformer"
-    epochs = args.epochs * args.long_factor if mode == "fused-long" else args.epochs
+    epochs = args.epochs * args.long_factor if "long" in mode else args.epochs
     shape = {"dim": args.dim, "heads": args.heads, "mlp_dim": 4 * args.dim}
     if family == "vit":
         overrides = {**shape, "depth": args.branches * args.branch_depth}
@@ -49,9 +55,9 @@ def run_one(dataset: str, mode: str, args: argparse.Namespace, seed: int, out: P
         model_overrides=overrides,
         dataset=dataset,
         data_dir=args.data_dir,
-        mode={"vit": "joint", "fused-long": "fused"}.get(mode, mode),
+        mode="joint" if mode == "vit" else "fused" if mode in FUSED_VARIANTS else mode,
         epochs=epochs,
-        batch_size=args.batch_size,
+        batch_size=args.small_batch if "small-batch" in mode else args.batch_size,
         lr=args.lr,
         seed=seed,
         limit_train=args.limit_train,
@@ -59,10 +65,22 @@ def run_one(dataset: str, mode: str, args: argparse.Namespace, seed: int, out: P
         bf16=args.bf16,
     )
     run_dir = out / f"{dataset}-{mode}-seed{seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    log = lambda line: print("   ", line, flush=True)  # noqa: E731
+    saved = run_dir / "config.json"
+    same = saved.is_file() and json.loads(saved.read_text()).get("train") == cfg.to_dict()
     print(f"== {dataset} {mode} seed {seed}", flush=True)
-    summary = train(cfg, run_dir, progress=args.progress, log=lambda line: print("   ", line, flush=True))
+    if args.reuse and same and (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        summary = None
+    if summary is not None and summary.get("complete"):
+        print("    (finished run reused)", flush=True)
+    elif args.reuse and same:
+        summary = resume(run_dir, progress=args.progress, log=log)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        summary = train(cfg, run_dir, progress=args.progress, log=log)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"dataset": dataset, "mode": mode, "seed": seed, "summary": summary, "history": history}
 
@@ -98,9 +116,13 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             ips = [r["summary"]["mean_images_per_s"] for r in runs]
             prefix = runs[0]["summary"].get("final_test_acc_prefix")
             curve = " / ".join(f"{100 * a:.1f}" for a in prefix) if prefix else "n/a"
-            label = {"vit": "ViT twin", "fused-long": f"ParaFormer fused, {args.long_factor}x epochs"}.get(
-                mode, f"ParaFormer {mode}"
-            )
+            label = {
+                "vit": "ViT twin",
+                "fused-long": f"ParaFormer fused, {args.long_factor}x epochs",
+                "fused-small-batch": f"ParaFormer fused, batch {args.small_batch}",
+                "fused-long-small-batch": f"ParaFormer fused, batch {args.small_batch}, "
+                f"{args.long_factor}x epochs",
+            }.get(mode, f"ParaFormer {mode}")
             lines.append(
                 f"| {label} | {runs[0]['summary']['num_params']:,} | {_mean_pm(final)} | {_mean_pm(best)} "
                 f"| {sum(sec) / len(sec):.1f} | {sum(ips) / len(ips):.0f} | {curve} |"
@@ -109,14 +131,14 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             target = p["summary"]["final_test_acc"]
             t_prog = p["summary"]["train_seconds"]
             verdicts = []
-            for f in (r for r in rows if r["mode"] in ("fused", "fused-long") and r["seed"] == p["seed"]):
+            for f in (r for r in rows if r["mode"] in FUSED_VARIANTS and r["seed"] == p["seed"]):
                 epochs = f["summary"]["epochs"]
                 t_fused = time_to_reach(f["history"], target)
                 verdicts.append(
-                    f"fused ({epochs} epochs) reached it after {t_fused:.0f} s, "
+                    f"{f['mode']} ({epochs} epochs) reached it after {t_fused:.0f} s, "
                     f"**{t_prog / t_fused:.1f}x less time**"
                     if t_fused
-                    else f"fused ({epochs} epochs) did not reach it ("
+                    else f"{f['mode']} ({epochs} epochs) did not reach it ("
                     f"{100 * f['summary']['final_test_acc']:.2f}% after "
                     f"{f['summary']['train_seconds']:.0f} s)"
                 )
@@ -152,13 +174,20 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             for h in r["history"]:
                 t += h["train_seconds"]
                 acc.append((t, 100 * h["test_acc"]))
-            ax_t.plot(*zip(*acc, strict=True), marker="o", markersize=3, label=r["mode"])
+            color = f"C{MODES.index(r['mode'])}"  # one colour per mode in both panels
+            ax_t.plot(*zip(*acc, strict=True), marker="o", markersize=3, color=color, label=r["mode"])
             prefix = r["summary"].get("final_test_acc_prefix")
             if prefix:
-                ax_k.plot(range(1, len(prefix) + 1), [100 * a for a in prefix], marker="o", label=r["mode"])
+                ax_k.plot(
+                    range(1, len(prefix) + 1),
+                    [100 * a for a in prefix],
+                    marker="o",
+                    color=color,
+                    label=r["mode"],
+                )
             elif r["mode"] == "vit":
                 ax_k.axhline(
-                    100 * r["summary"]["final_test_acc"], color="gray", linestyle="--", label="ViT twin"
+                    100 * r["summary"]["final_test_acc"], color=color, linestyle="--", label="ViT twin"
                 )
         ax_t.set(
             xlabel="training seconds", ylabel="test accuracy (%)", title=f"{dataset}: accuracy vs wall-clock"
@@ -205,6 +234,8 @@ def main() -> None:
     parser.add_argument("--branch-depth", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--long-factor", type=int, default=2, help="epochs multiplier of fused-long")
+    parser.add_argument("--small-batch", type=int, default=32, help="batch size of fused-small-batch")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs in --out, resume others")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's choice, one per core)"
@@ -238,7 +269,8 @@ def main() -> None:
         f"batch {args.batch_size}, AdamW lr {args.lr:g} (1 warmup epoch, cosine), weight decay 0.05, "
         f"grad clip 1.0, no dropout; random crops (padding 4 px on CIFAR-10, 1 px on Fashion-MNIST), "
         f"horizontal flips on CIFAR-10 only; {'bf16' if args.bf16 else 'fp32'}; seeds {args.seeds}; "
-        f"fused-long = fused with {args.long_factor}x the epochs."
+        f"fused-long = fused with {args.long_factor}x the epochs; fused-small-batch = fused at batch "
+        f"{args.small_batch}; fused-long-small-batch = both."
     )
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -247,7 +279,7 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k not in ("out", "no_write", "progress", "bf16") and v is not None
+            if k not in ("out", "no_write", "progress", "bf16", "reuse") and v is not None
         )
         + (" --bf16" if args.bf16 else "")
     )
