@@ -407,7 +407,13 @@ def train(
     progress: bool = True,
     stop_after_epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Start a new run in ``out_dir`` and return its summary."""
+    """Train a model and write a run folder; return the run's summary.
+
+    The folder holds config.json, model.safetensors, best/ (best validation
+    checkpoint), train_state.pt, metrics.jsonl, curves.png and summary.json. A
+    ParaFormer trains with the chosen mode (fused, progressive or joint); a ViT
+    trains normally. Ctrl-C saves the state and stops; resuming continues exactly.
+    """
     out_dir = Path(out_dir)
     if (out_dir / TRAIN_STATE_FILE).exists() or (out_dir / CONFIG_FILE).exists():
         raise ConfigError(
