@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import shutil
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from machine import describe  # benchmarks/machine.py, beside this script
 from paraformer.train import TrainConfig, resume, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,8 +272,7 @@ def main() -> None:
         f"fused-long = fused with {args.long_factor}x the epochs; fused-small-batch = fused at batch "
         f"{args.small_batch}; fused-long-small-batch = both."
     )
-    cpu = platform.processor() or platform.machine()
-    machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = describe()
     command = (
         "python benchmarks/accuracy.py "
         + " ".join(

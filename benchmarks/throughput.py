@@ -13,13 +13,13 @@ a second full pass over the data, so its epoch costs (prefix pass + full pass).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from contextlib import nullcontext
 
 import torch
 
+from machine import describe  # benchmarks/machine.py, beside this script
 from paraformer.models import ImageClassifier
 from paraformer.registry import create_model
 from paraformer.train.strategies import make_strategy
@@ -78,8 +78,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {'bf16' if args.bf16 else 'fp32'}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {describe()}, "
+        f"{'bf16' if args.bf16 else 'fp32'}, "
         f"dim {args.dim}, {args.heads} heads, {args.branches} x {args.branch_depth} (ViT depth "
         f"{args.branches * args.branch_depth}), batch {args.batch_size}, median of {args.rounds} rounds"
     )

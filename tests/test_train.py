@@ -210,6 +210,17 @@ def test_bf16_autocast_trains(tmp_path: Path) -> None:
     assert summary["final_test_acc"] > 0.45  # chance is 10%
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path: Path, monkeypatch, native: bool) -> None:
+    monkeypatch.setattr("paraformer.train.loop.cpu_has_native_bf16", lambda: native)
+    lines: list[str] = []
+    train(
+        small_config(epochs=1, limit_train=64, bf16=True), tmp_path / "run", log=lines.append, progress=False
+    )
+    warned = any("no native bf16" in line for line in lines)
+    assert warned is not native
+
+
 @pytest.mark.parametrize(
     "kw, words",
     [

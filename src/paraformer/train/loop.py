@@ -80,6 +80,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX).
+
+    Without it, bf16 matmuls are emulated and run tens of times slower than fp32.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    except RuntimeError:  # private torch API: assume native if it cannot tell
+        return True
+
+
 def prepare(cfg: TrainConfig, log: Log, progress: bool = True) -> Setup:
     """Load the data and build the model the run describes (checks they fit together)."""
     model_cfg = get_config(cfg.model, **cfg.model_overrides)  # a bad model fails before data loads
@@ -112,6 +124,11 @@ def prepare(cfg: TrainConfig, log: Log, progress: bool = True) -> Setup:
         crop_padding=cfg.crop_padding,
     )
     device = resolve_device(cfg.device)
+    if cfg.bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        log(
+            "warning: this CPU has no native bf16 (no AVX-512 BF16 or AMX), so --bf16 emulates it "
+            "and trains many times slower than fp32; drop --bf16 here."
+        )
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
     data_info = {
