@@ -23,11 +23,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
         values = [h.get(key) for h in history]
         if all(v is not None for v in values):
             ax.plot(epochs, [100 * v for v in values], marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy vs epoch")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _finish_axes(ax, "epoch", "accuracy (%)", "accuracy vs epoch")
     if prefixes:
         ax = axes[0][1]
         ks = list(range(1, len(prefixes) + 1))
@@ -42,13 +38,17 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
                 label=f"epoch {record['epoch']}",
             )
         ax.set_xticks(ks)
-        ax.set_xlabel("branches used (prefix 1..k)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("accuracy vs number of branches")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _finish_axes(ax, "branches used (prefix 1..k)", "test accuracy (%)", "accuracy vs number of branches")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+
+
+def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
