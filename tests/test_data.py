@@ -35,7 +35,11 @@ from paraformer.data import (
 from paraformer.data.idx import idx_bytes, read_idx, write_idx
 from paraformer.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+# Real dataset files: ../shared/datasets beside the clone, or $PARAFORMER_TEST_DATA_DIR.
+SHARED = Path(
+    os.environ.get("PARAFORMER_TEST_DATA_DIR")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+)
 FMNIST = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
