@@ -442,7 +442,8 @@ def train(
     log(
         f"training {cfg.model} ({setup.model.num_params():,} params, {trainer.mode_name}) on "
         f"{info['dataset']}: {info['num_train']:,} train / {info['num_val']:,} val / "
-        f"{info['num_test']:,} test images, {cfg.epochs} epochs; run folder {out_dir}"
+        f"{info['num_test']:,} test images, {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}; "
+        f"run folder {out_dir}"
     )
     return trainer.run(stop_after_epochs)
 
