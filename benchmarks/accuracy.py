@@ -82,7 +82,15 @@ def run_one(dataset: str, mode: str, args: argparse.Namespace, seed: int, out: P
             shutil.rmtree(run_dir)
         summary = train(cfg, run_dir, progress=args.progress, log=log)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"dataset": dataset, "mode": mode, "seed": seed, "summary": summary, "history": history}
+    finished = time.gmtime((run_dir / "summary.json").stat().st_mtime)
+    return {
+        "dataset": dataset,
+        "mode": mode,
+        "seed": seed,
+        "summary": summary,
+        "history": history,
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", finished),
+    }
 
 
 def time_to_reach(history: list[dict[str, Any]], target: float) -> float | None:
@@ -247,7 +255,6 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = [
         run_one(dataset, mode, args, seed, args.out)
         for dataset in args.datasets
@@ -273,6 +280,7 @@ def main() -> None:
         f"{args.small_batch}; fused-long-small-batch = both."
     )
     machine = describe()
+    finished = [r["finished"] for r in results]
     command = (
         "python benchmarks/accuracy.py "
         + " ".join(
@@ -284,7 +292,8 @@ def main() -> None:
     )
     section = (
         f"### Accuracy: ParaFormer modes vs ViT twin ({tag})\n\n"
-        f"Run {started} on {machine}.\n\n`{command}`\n\n{protocol}\n\n{table(results, args)}\n"
+        f"Runs finished {min(finished)} to {max(finished)}; written on {machine}.\n\n"
+        f"`{command}`\n\n{protocol}\n\n{table(results, args)}\n"
         f"![curves](benchmarks/results/accuracy-{tag}.png)\n"
     )
     print(section)

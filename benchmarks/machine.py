@@ -22,9 +22,10 @@ def cpu_model() -> str:
 
 def describe() -> str:
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    threads = torch.get_num_threads()
     text = (
         f"{cpu_model()} ({platform.machine()}, {os.cpu_count()} cores, {bf16}), "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+        f"{threads} torch thread{'s' if threads != 1 else ''}, torch {torch.__version__}"
     )
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
