@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from paraformer.checkpoint import load_config, load_model, read_json
-from paraformer.data import BatchTransform, limit_dataset, load_dataset, train_val_split
+from paraformer.data import BatchTransform, load_dataset
 from paraformer.errors import CheckpointError, ConfigError
 from paraformer.models import ImageClassifier, ParaFormer, build_model
 from paraformer.registry import describe_model, get_config, list_models
 from paraformer.train.config import TrainConfig
 from paraformer.train.evaluate import evaluate
-from paraformer.train.loop import resolve_device
+from paraformer.train.loop import resolve_device, training_splits
 
 
 def _checkpoint_folder(run_dir: Path, weights: str) -> Path:
@@ -62,12 +62,7 @@ def evaluate_run(
     splits = load_dataset(cfg.dataset, data_dir or cfg.data_dir, progress=progress)
     dataset = splits.test
     if split == "val":
-        train = (
-            splits.train
-            if cfg.limit_train is None
-            else limit_dataset(splits.train, cfg.limit_train, cfg.seed)
-        )
-        dataset = train_val_split(train, cfg.val_fraction, seed=cfg.seed)[1]
+        dataset = training_splits(splits.train, cfg)[1]
         if len(dataset) == 0:
             raise ConfigError(
                 "this run was trained without a validation split (val_fraction=0); use --split test."

@@ -92,6 +92,13 @@ def cpu_has_native_bf16() -> bool:
         return True
 
 
+def training_splits(train_set: ImageDataset, cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
+    """The run's training and validation images: ``--limit-train``, then the seeded split."""
+    if cfg.limit_train is not None:
+        train_set = limit_dataset(train_set, cfg.limit_train, seed=cfg.seed)
+    return train_val_split(train_set, cfg.val_fraction, seed=cfg.seed)
+
+
 def prepare(cfg: TrainConfig, log: Log, progress: bool = True) -> Setup:
     """Load the data and build the model the run describes (checks they fit together)."""
     model_cfg = get_config(cfg.model, **cfg.model_overrides)  # a bad model fails before data loads
@@ -111,10 +118,7 @@ def prepare(cfg: TrainConfig, log: Log, progress: bool = True) -> Setup:
         log(
             f"note: resizing {splits.train.image_size}px images to the model's {model_cfg.image_size}px input"
         )
-    train = splits.train
-    if cfg.limit_train is not None:
-        train = limit_dataset(train, cfg.limit_train, seed=cfg.seed)
-    train, val = train_val_split(train, cfg.val_fraction, seed=cfg.seed)
+    train, val = training_splits(splits.train, cfg)
     transform = transform_for(
         splits,
         model_cfg.image_size,
@@ -209,7 +213,6 @@ class Trainer:
         self.warmup_steps = round(self.cfg.warmup_epochs * self.steps_per_epoch)
         self.pos = Position()
         self.history: list[dict[str, Any]] = []
-        self.best_val = -1.0
         self.epoch_stats = self._empty_stats()
         self.config_json = {
             "train": self.cfg.to_dict(),
@@ -233,7 +236,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),
             "epoch_stats": dict(self.epoch_stats),
-            "best_val": self.best_val,
             "history_json": [_json_line(h) for h in self.history],
         }
         if torch.cuda.is_available():
@@ -249,7 +251,6 @@ class Trainer:
             if "cuda_rng" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             self.epoch_stats = {k: float(v) for k, v in state["epoch_stats"].items()}
-            self.best_val = float(state["best_val"])
             self.history = [json.loads(line) for line in state["history_json"]]
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             raise CheckpointError(
@@ -372,10 +373,7 @@ class Trainer:
         self.log(_epoch_line(record, cfg.epochs))
         self.pos = Position(self.pos.epoch + 1, 0, 0, self.pos.step)
         self.epoch_stats = self._empty_stats()
-        score = val.accuracy if val.num_samples else test.accuracy
-        is_best = score > self.best_val
-        if is_best:
-            self.best_val = score
+        is_best = max(self.history, key=_selection_score) is record  # ties keep the earlier epoch
         self.save()
         if is_best:
             save_model(self.out_dir / "best", self.model, {**self.config_json, "epoch": record["epoch"]})
@@ -392,9 +390,7 @@ class Trainer:
         if not self.history:
             return {"epochs_completed": 0}
         last = self.history[-1]
-        best_epoch = max(
-            self.history, key=lambda h: h["val_acc"] if h["val_acc"] is not None else h["test_acc"]
-        )
+        best_epoch = max(self.history, key=_selection_score)
         summary = {
             "model": self.cfg.model,
             "mode": self.mode_name,
@@ -471,6 +467,11 @@ def resume(
     if trainer.pos.epoch >= cfg.epochs:
         log(f"{out_dir} already finished {cfg.epochs} epochs; pass --epochs N to train longer.")
     return trainer.run(stop_after_epochs)
+
+
+def _selection_score(record: dict[str, Any]) -> float:
+    """What picks the best epoch: validation accuracy, or test accuracy without a validation split."""
+    return record["val_acc"] if record["val_acc"] is not None else record["test_acc"]
 
 
 def _json_line(record: dict[str, Any]) -> str:

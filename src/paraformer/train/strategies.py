@@ -4,7 +4,8 @@
 - ``ProgressiveStrategy``: the ParaFormer authors' schedule. Per batch, one optimizer
   step per prefix 1..N; then a second pass over the data trains the full model.
 - ``FusedStrategy``: every branch once, prefix sums, the weighted mean of all N prefix
-  losses, one backward and one step per batch (about N/2+1 times cheaper).
+  losses, one backward and one step per batch: (N+3)/2 times fewer branch passes
+  than progressive per epoch (5.5x at N = 8).
 """
 
 from __future__ import annotations
