@@ -1,31 +1,31 @@
-"""ParaFormer training modes against their parameter-matched ViT twin.
+"""ParaFormer training modes against their parameter-matched ViT twin, at fair budgets, over seeds.
 
-For each dataset, trains (same data, seed, epochs, batch and optimiser):
-  vit          the sequential ViT twin (depth = branches x branch_depth)
-  joint        ParaFormer, one loss on the sum of all branches
-  fused        ParaFormer, all prefix losses in one backward pass
-  progressive  ParaFormer, the authors' schedule (a step per prefix, then a full pass)
-  fused-long   fused again with --long-factor times the epochs (its own cosine schedule),
-               to see whether fused reaches progressive's accuracy in less wall-clock time
-  fused-small-batch  fused with batch --small-batch: progressive takes N+1 optimizer steps
-               per batch, fused one; a smaller batch gives fused more steps per epoch
-  fused-long-small-batch  both: batch --small-batch and --long-factor times the epochs
-With --reuse, finished runs in --out are read back instead of trained again and
-interrupted ones are resumed, so a long benchmark can be stopped and continued.
-and reports test accuracy, seconds per epoch, images/s, the accuracy of every
-branch prefix, and how much wall-clock time fused needs to reach progressive's
-final accuracy. Results go to benchmarks/results/ and into BENCHMARKS.md.
+For each dataset and seed, on the same data, batch, optimiser and schedule shape:
 
-    python benchmarks/accuracy.py --data-dir ../shared/datasets            # the recorded protocol
-    python benchmarks/accuracy.py --datasets fashion-mnist --epochs 1 --limit-train 500   # smoke run
+  equal epochs      vit, joint, fused, progressive: the same number of epochs each
+  equal steps       vit-steps, fused-steps: as many optimizer steps as progressive took
+                    (it takes N + 1 steps per batch), at the same batch size
+  equal time        vit-time, fused-time: as many epochs as fit in the training seconds
+                    progressive used, from their own measured seconds per epoch
+
+Every figure is the test accuracy of the epoch selected on the validation split (the
+test split is read once per run, at the end). Results are mean ± standard deviation
+over the seeds, with a verdict per comparison: a difference counts as a win or a loss
+when it exceeds twice its standard error, else it is a tie.
+
+    python benchmarks/accuracy.py --data-dir ../shared/datasets                 # the recorded protocol
+    python benchmarks/accuracy.py --datasets fashion-mnist --seeds 0 --epochs 1 --limit-train 500  # smoke
+With --reuse, finished runs in --out are read back and interrupted ones resumed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -37,177 +37,197 @@ from paraformer.train import TrainConfig, resume, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODES = ("vit", "joint", "fused", "progressive", "fused-long", "fused-small-batch", "fused-long-small-batch")
-FUSED_VARIANTS = ("fused", "fused-long", "fused-small-batch", "fused-long-small-batch")
+ARMS = ("vit", "joint", "fused", "progressive", "vit-steps", "fused-steps", "vit-time", "fused-time")
+LABELS = {
+    "vit": "ViT twin",
+    "joint": "ParaFormer joint",
+    "fused": "ParaFormer fused",
+    "progressive": "ParaFormer progressive",
+    "vit-steps": "ViT twin, progressive's steps",
+    "fused-steps": "ParaFormer fused, progressive's steps",
+    "vit-time": "ViT twin, progressive's time",
+    "fused-time": "ParaFormer fused, progressive's time",
+}
 PRESETS = {"fashion-mnist": "tiny_fmnist", "cifar10": "tiny_cifar"}
 
 
-def run_one(dataset: str, mode: str, args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
-    family = "vit" if mode == "vit" else "paraformer"
-    epochs = args.epochs * args.long_factor if "long" in mode else args.epochs
+def base_config(dataset: str, arm: str, args: argparse.Namespace, seed: int) -> TrainConfig:
+    family = "vit" if arm.startswith("vit") else "paraformer"
     shape = {"dim": args.dim, "heads": args.heads, "mlp_dim": 4 * args.dim}
     if family == "vit":
         overrides = {**shape, "depth": args.branches * args.branch_depth}
     else:
         overrides = {**shape, "num_branches": args.branches, "branch_depth": args.branch_depth}
-    cfg = TrainConfig(
+    mode = arm.split("-")[0] if arm in ("joint", "fused", "progressive") else "fused"
+    return TrainConfig(
         model=f"{family}_{PRESETS[dataset]}",
         model_overrides=overrides,
         dataset=dataset,
         data_dir=args.data_dir,
-        mode="joint" if mode == "vit" else "fused" if mode in FUSED_VARIANTS else mode,
-        epochs=epochs,
-        batch_size=args.small_batch if "small-batch" in mode else args.batch_size,
+        mode="joint" if family == "vit" else mode,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
         lr=args.lr,
         seed=seed,
         limit_train=args.limit_train,
         val_fraction=0.1,
-        bf16=args.bf16,
     )
-    run_dir = out / f"{dataset}-{mode}-seed{seed}"
-    log = lambda line: print("   ", line, flush=True)  # noqa: E731
+
+
+def run(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or read back, or resume) one run; its summary and per-epoch history."""
     saved = run_dir / "config.json"
     same = saved.is_file() and json.loads(saved.read_text()).get("train") == cfg.to_dict()
-    print(f"== {dataset} {mode} seed {seed}", flush=True)
+    log = lambda line: print("   ", line, flush=True)  # noqa: E731
+    print(f"== {run_dir.name}", flush=True)
     if args.reuse and same and (run_dir / "summary.json").is_file():
         summary = json.loads((run_dir / "summary.json").read_text())
-    else:
-        summary = None
-    if summary is not None and summary.get("complete"):
-        print("    (finished run reused)", flush=True)
-    elif args.reuse and same:
-        summary = resume(run_dir, progress=args.progress, log=log)
+        if not summary.get("complete"):
+            summary = resume(run_dir, progress=False, log=log)
+    elif args.reuse and same and (run_dir / "train_state.pt").is_file():
+        summary = resume(run_dir, progress=False, log=log)
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        summary = train(cfg, run_dir, progress=args.progress, log=log)
+        summary = train(cfg, run_dir, progress=False, log=log)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    finished = time.gmtime((run_dir / "summary.json").stat().st_mtime)
-    return {
-        "dataset": dataset,
-        "mode": mode,
-        "seed": seed,
-        "summary": summary,
-        "history": history,
-        "finished": time.strftime("%Y-%m-%d %H:%M UTC", finished),
-    }
+    return {"summary": summary, "history": history, "config": cfg.to_dict()}
 
 
-def time_to_reach(history: list[dict[str, Any]], target: float) -> float | None:
-    """Cumulative training seconds until test accuracy first reaches ``target``."""
-    elapsed = 0.0
-    for record in history:
-        elapsed += record["train_seconds"]
-        if record["test_acc"] >= target - 1e-9:
-            return elapsed
-    return None
-
-
-def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = []
-    for dataset in dict.fromkeys(r["dataset"] for r in results):
-        rows = [r for r in results if r["dataset"] == dataset]
-        lines += [
-            f"**{dataset}**",
-            "",
-            "| model | params | final test acc | best-val test acc | s/epoch | images/s "
-            "| test acc with first k branches |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for mode in MODES:
-            runs = [r for r in rows if r["mode"] == mode]
-            if not runs:
-                continue
-            final = [r["summary"]["final_test_acc"] for r in runs]
-            best = [r["summary"]["best_test_acc"] for r in runs]
-            sec = [r["summary"]["train_seconds"] / r["summary"]["epochs_completed"] for r in runs]
-            ips = [r["summary"]["mean_images_per_s"] for r in runs]
-            prefix = runs[0]["summary"].get("final_test_acc_prefix")
-            curve = " / ".join(f"{100 * a:.1f}" for a in prefix) if prefix else "n/a"
-            label = {
-                "vit": "ViT twin",
-                "fused-long": f"ParaFormer fused, {args.long_factor}x epochs",
-                "fused-small-batch": f"ParaFormer fused, batch {args.small_batch}",
-                "fused-long-small-batch": f"ParaFormer fused, batch {args.small_batch}, "
-                f"{args.long_factor}x epochs",
-            }.get(mode, f"ParaFormer {mode}")
-            lines.append(
-                f"| {label} | {runs[0]['summary']['num_params']:,} | {_mean_pm(final)} | {_mean_pm(best)} "
-                f"| {sum(sec) / len(sec):.1f} | {sum(ips) / len(ips):.0f} | {curve} |"
+def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """All arms of one dataset and seed; the budget arms are sized from progressive's run."""
+    budget = [a for a in args.arms if "-" in a]
+    needed = set(args.arms) - set(budget) | ({"progressive"} if budget else set())
+    needed |= {a.split("-")[0] for a in budget if a.endswith("time")}  # their seconds per epoch
+    out: dict[str, dict[str, Any]] = {}
+    for arm in ("vit", "joint", "fused", "progressive"):
+        if arm in needed:
+            out[arm] = run(
+                base_config(dataset, arm, args, seed), args.out / f"{dataset}-{arm}-seed{seed}", args
             )
-        for p in (r for r in rows if r["mode"] == "progressive"):
-            target = p["summary"]["final_test_acc"]
-            t_prog = p["summary"]["train_seconds"]
-            verdicts = []
-            for f in (r for r in rows if r["mode"] in FUSED_VARIANTS and r["seed"] == p["seed"]):
-                epochs = f["summary"]["epochs"]
-                t_fused = time_to_reach(f["history"], target)
-                verdicts.append(
-                    f"{f['mode']} ({epochs} epochs) reached it after {t_fused:.0f} s, "
-                    f"**{t_prog / t_fused:.1f}x less time**"
-                    if t_fused
-                    else f"{f['mode']} ({epochs} epochs) did not reach it ("
-                    f"{100 * f['summary']['final_test_acc']:.2f}% after "
-                    f"{f['summary']['train_seconds']:.0f} s)"
-                )
-            lines.append("")
-            lines.append(
-                f"Time to accuracy (seed {p['seed']}): progressive ended at {100 * target:.2f}% after "
-                f"{t_prog:.0f} s of training; " + "; ".join(verdicts) + "."
+    prog = out.get("progressive")
+    for arm in ("vit-steps", "fused-steps", "vit-time", "fused-time"):
+        if arm not in args.arms or prog is None:
+            continue
+        cfg = base_config(dataset, arm, args, seed)
+        if arm.endswith("steps"):
+            cfg = cfg.replace(max_steps=prog["summary"]["steps"])
+        else:
+            same = out[arm.split("-")[0]]["summary"]
+            per_epoch = same["train_seconds"] / same["epochs_completed"]
+            cfg = cfg.replace(epochs=max(1, round(prog["summary"]["train_seconds"] / per_epoch)))
+        out[arm] = run(cfg, args.out / f"{dataset}-{arm}-seed{seed}", args)
+    return {arm: r for arm, r in out.items() if arm in args.arms}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def pm(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    mean, std = mean_std(values)
+    if len(values) == 1 or std == 0:
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def verdict(a: list[float], b: list[float]) -> str:
+    """'win' / 'loss' when the mean difference a - b exceeds twice its standard error, else 'tie'."""
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return f"{100 * diff:+.2f} points (one seed: no verdict)"
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    word = "tie" if abs(diff) <= 2 * se else ("win" if diff > 0 else "loss")
+    return f"{100 * diff:+.2f} ± {100 * se:.2f} points: **{word}**"
+
+
+def table(dataset: str, results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
+    seeds = sorted(results)
+    lines = [
+        f"**{dataset}** (seeds {', '.join(map(str, seeds))}; mean ± std)",
+        "",
+        "| run | epochs | optimizer steps | training s | val acc % | test acc % "
+        "| test acc with first k branches % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        runs = [results[s][arm] for s in seeds if arm in results[s]]
+        if not runs:
+            continue
+        summaries = [r["summary"] for r in runs]
+        prefix = [s.get("test_acc_prefix") for s in summaries]
+        curve = "n/a"
+        if all(prefix):
+            curve = " / ".join(
+                f"{100 * statistics.fmean(p[k] for p in prefix):.1f}" for k in range(len(prefix[0]))
             )
-        lines.append("")
-    return "\n".join(lines)
+
+        def col(key: str, scale: float = 1.0, digits: int = 0, summaries=summaries) -> str:
+            return pm([s[key] for s in summaries], scale, digits)
+
+        lines.append(
+            f"| {LABELS[arm]} | {col('epochs_completed')} | {col('steps')} | {col('train_seconds')} "
+            f"| {col('val_acc', 100, 2)} | {col('test_acc', 100, 2)} | {curve} |"
+        )
+    return lines
 
 
-def _mean_pm(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{100 * mean:.2f}%"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{100 * mean:.2f} ± {100 * std:.2f}%"
+def comparisons(dataset: str, results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
+    def acc(arm: str) -> list[float]:
+        return [results[s][arm]["summary"]["test_acc"] for s in sorted(results) if arm in results[s]]
+
+    pairs = [
+        ("equal epochs", "progressive", "vit"),
+        ("equal epochs", "fused", "vit"),
+        ("equal epochs", "joint", "vit"),
+        ("equal steps", "progressive", "vit-steps"),
+        ("equal steps", "fused-steps", "vit-steps"),
+        ("equal time", "progressive", "vit-time"),
+        ("equal time", "fused-time", "vit-time"),
+        ("equal time", "fused-time", "progressive"),
+    ]
+    lines = [f"Comparisons on {dataset} (test accuracy, first minus second):", ""]
+    for budget, a, b in pairs:
+        if acc(a) and acc(b):
+            lines.append(f"- {budget}: {LABELS[a]} vs {LABELS[b]}: {verdict(acc(a), acc(b))}")
+    return lines
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
+def plot(dataset: str, results: dict[int, dict[str, dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(dict.fromkeys(r["dataset"] for r in results))
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 4 * len(datasets)), squeeze=False)
-    for row, dataset in enumerate(datasets):
-        ax_t, ax_k = axes[row]
-        for r in (r for r in results if r["dataset"] == dataset and r["seed"] == results[0]["seed"]):
-            t, acc = 0.0, []
-            for h in r["history"]:
-                t += h["train_seconds"]
-                acc.append((t, 100 * h["test_acc"]))
-            color = f"C{MODES.index(r['mode'])}"  # one colour per mode in both panels
-            ax_t.plot(*zip(*acc, strict=True), marker="o", markersize=3, color=color, label=r["mode"])
-            prefix = r["summary"].get("final_test_acc_prefix")
-            if prefix:
-                ax_k.plot(
-                    range(1, len(prefix) + 1),
-                    [100 * a for a in prefix],
-                    marker="o",
-                    color=color,
-                    label=r["mode"],
-                )
-            elif r["mode"] == "vit":
-                ax_k.axhline(
-                    100 * r["summary"]["final_test_acc"], color=color, linestyle="--", label="ViT twin"
-                )
-        ax_t.set(
-            xlabel="training seconds", ylabel="test accuracy (%)", title=f"{dataset}: accuracy vs wall-clock"
+    fig, (ax_t, ax_k) = plt.subplots(1, 2, figsize=(12, 4.8))
+    seed = min(results)
+    for i, arm in enumerate(ARMS):
+        r = results[seed].get(arm)
+        if r is None:
+            continue
+        t, points = 0.0, []
+        for h in r["history"]:
+            t += h["train_seconds"]
+            points.append((t, 100 * h["val_acc"]))
+        style = "--" if arm.startswith("vit") else "-"
+        ax_t.plot(
+            *zip(*points, strict=True), style, marker="o", markersize=2, color=f"C{i}", label=LABELS[arm]
         )
-        ax_k.set(
-            xlabel="branches used (first k)",
-            ylabel="test accuracy (%)",
-            title=f"{dataset}: accuracy vs branches",
-        )
-        for ax in (ax_t, ax_k):
-            ax.grid(alpha=0.3)
-            ax.legend()
+        prefixes = [results[s][arm]["summary"].get("test_acc_prefix") for s in results if arm in results[s]]
+        if all(prefixes):
+            ks = range(1, len(prefixes[0]) + 1)
+            means = [100 * statistics.fmean(p[k - 1] for p in prefixes) for k in ks]
+            ax_k.plot(ks, means, marker="o", color=f"C{i}", label=LABELS[arm])
+        elif arm == "vit":
+            acc = statistics.fmean(results[s][arm]["summary"]["test_acc"] for s in results)
+            ax_k.axhline(100 * acc, color=f"C{i}", linestyle="--", label=LABELS[arm])
+    ax_t.set(xlabel="training seconds", ylabel="validation accuracy (%)", title=f"{dataset}: seed {seed}")
+    ax_k.set(
+        xlabel="branches used (first k)", ylabel="test accuracy (%)", title=f"{dataset}: mean over seeds"
+    )
+    for ax in (ax_t, ax_k):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -230,75 +250,78 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "cifar10"], choices=list(PRESETS))
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--limit-train", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--limit-train", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--branches", type=int, default=8)
     parser.add_argument("--branch-depth", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--long-factor", type=int, default=2, help="epochs multiplier of fused-long")
-    parser.add_argument("--small-batch", type=int, default=32, help="batch size of fused-small-batch")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs in --out, resume others")
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's choice, one per core)"
-    )
-    parser.add_argument("--progress", action="store_true", help="show per-batch progress bars")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-accuracy")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [
-        run_one(dataset, mode, args, seed, args.out)
-        for dataset in args.datasets
-        for seed in args.seeds
-        for mode in args.modes
-    ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = "-".join(args.datasets)
-    (RESULTS / f"accuracy-{tag}.json").write_text(
-        json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1, default=str)
-    )
-    plot(results, RESULTS / f"accuracy-{tag}.png")
-    protocol = (
-        f"Protocol: {', '.join(args.datasets)}; first {args.limit_train} training images (class-balanced; "
-        f"10% of them held out for validation), full test set; patch 4 at native resolution; "
-        f"dim {args.dim}, {args.heads} heads, MLP {4 * args.dim}; "
-        f"ParaFormer {args.branches} branches x depth {args.branch_depth}, "
-        f"ViT twin depth {args.branches * args.branch_depth}; {args.epochs} epochs, "
-        f"batch {args.batch_size}, AdamW lr {args.lr:g} (1 warmup epoch, cosine), weight decay 0.05, "
-        f"grad clip 1.0, no dropout; random crops (padding 4 px on CIFAR-10, 1 px on Fashion-MNIST), "
-        f"horizontal flips on CIFAR-10 only; {'bf16' if args.bf16 else 'fp32'}; seeds {args.seeds}; "
-        f"fused-long = fused with {args.long_factor}x the epochs; fused-small-batch = fused at batch "
-        f"{args.small_batch}; fused-long-small-batch = both."
-    )
-    machine = describe()
-    finished = [r["finished"] for r in results]
-    command = (
-        "python benchmarks/accuracy.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-            if k not in ("out", "no_write", "progress", "bf16", "reuse") and v is not None
+
+    command = " ".join(
+        [
+            f"python benchmarks/accuracy.py --datasets {' '.join(args.datasets)} --data-dir {args.data_dir}",
+            f"--epochs {args.epochs} --limit-train {args.limit_train} --batch-size {args.batch_size}",
+            f"--lr {args.lr:g} --dim {args.dim} --heads {args.heads} --branches {args.branches}",
+            f"--branch-depth {args.branch_depth} --seeds {' '.join(map(str, args.seeds))}",
+            f"--threads {args.threads}" if args.threads else "",
+        ]
+    ).strip()
+    for dataset in args.datasets:
+        results = {seed: run_seed(dataset, seed, args) for seed in args.seeds}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"accuracy-{dataset}.json").write_text(
+            json.dumps({"command": command, "results": results}, indent=1, default=str)
         )
-        + (" --bf16" if args.bf16 else "")
-    )
-    section = (
-        f"### Accuracy: ParaFormer modes vs ViT twin ({tag})\n\n"
-        f"Runs finished {min(finished)} to {max(finished)}; written on {machine}.\n\n"
-        f"`{command}`\n\n{protocol}\n\n{table(results, args)}\n"
-        f"![curves](benchmarks/results/accuracy-{tag}.png)\n"
-    )
-    print(section)
-    if not args.no_write:
-        update_benchmarks_md(section, tag)
+        plot(dataset, results, RESULTS / f"accuracy-{dataset}.png")
+        n = args.branches
+        protocol = " ".join(
+            [
+                f"Protocol: {dataset}, the first {args.limit_train} training images (class-balanced;",
+                "10% held out for validation), the full test set; patch 4 at native resolution;",
+                f"dim {args.dim}, {args.heads} heads, MLP {4 * args.dim}, no dropout; ParaFormer {n}",
+                f"branches x depth {args.branch_depth}, ViT twin depth {n * args.branch_depth} (same",
+                f"parameters); batch {args.batch_size}, AdamW lr {args.lr:g}, 1 warmup epoch then cosine,",
+                "weight decay 0.05, grad clip 1; random crops, flips on CIFAR-10 only; fp32. Equal epochs:",
+                f"{args.epochs} each. Equal steps: the optimizer steps progressive took ({n + 1} per batch),",
+                "same batch. Equal time: the epochs that fit in progressive's training seconds at each",
+                "model's own measured seconds per epoch. Test accuracy is that of the epoch with the best",
+                "validation accuracy, measured once at the end.",
+            ]
+        )
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        section = "\n".join(
+            [
+                f"### Accuracy at equal epochs, steps and time ({dataset})",
+                "",
+                f"Finished {stamp} on {describe()}.",
+                "",
+                f"`{command}`",
+                "",
+                protocol,
+                "",
+                *table(dataset, results),
+                "",
+                *comparisons(dataset, results),
+                "",
+                f"![curves](benchmarks/results/accuracy-{dataset}.png)",
+                "",
+            ]
+        )
+        print(section, flush=True)
+        if not args.no_write:
+            update_benchmarks_md(section, dataset)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from paraformer.train.loop import cpu_has_native_bf16
+from paraformer.train.devices import cpu_has_native_bf16
 
 
 def cpu_model() -> str:

@@ -8,20 +8,24 @@ a second full pass over the data, so its epoch costs (prefix pass + full pass).
 
     python benchmarks/throughput.py                      # dim 64, 8x2, 28x28 and 32x32 inputs
     python benchmarks/throughput.py --bf16 --batch-size 256
+    python benchmarks/throughput.py --compile            # each mode eager and torch.compile'd, side by side
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 
 from machine import describe  # benchmarks/machine.py, beside this script
 from paraformer.models import ImageClassifier
 from paraformer.registry import create_model
+from paraformer.train.devices import compile_model
 from paraformer.train.strategies import make_strategy
 
 INPUTS = {"fashion-mnist": ("tiny_fmnist", 1, 28), "cifar10": ("tiny_cifar", 3, 32)}
@@ -40,7 +44,7 @@ def build(mode: str, preset: str, args: argparse.Namespace) -> ImageClassifier:
 
 def epoch_seconds_per_batch(mode: str, model: ImageClassifier, x, y, batches: int, bf16: bool) -> float:
     """Seconds that one batch's share of an epoch takes in ``mode`` (all passes included)."""
-    strategy = make_strategy(model, "joint" if mode == "vit" else mode, "uniform", 0.0)
+    strategy = make_strategy(model, "joint" if mode == "vit" else mode, "uniform", F.cross_entropy)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(loss: torch.Tensor) -> None:
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also time each mode torch.compile'd")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,25 +89,38 @@ def main() -> None:
         f"{args.branches * args.branch_depth}), batch {args.batch_size}, median of {args.rounds} rounds"
     )
     print()
-    print("| input | mode | ms per batch-epoch | images/s (epoch) | epoch cost vs ViT | vs fused |")
-    print("|---|---|---|---|---|---|")
+    compiled_cols = " | compiled ms | compiled speed-up" if args.compile else ""
+    header = "| input | mode | ms per batch-epoch | images/s (epoch) | epoch cost vs ViT | vs fused"
+    print(f"{header}{compiled_cols} |")
+    print("|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""))
     for name in args.inputs:
         preset, channels, size = INPUTS[name]
         x = torch.randn(args.batch_size, channels, size, size)
         y = torch.randint(0, 10, (args.batch_size,))
-        models = {mode: build(mode, preset, args) for mode in MODES}
-        for mode, model in models.items():  # warm-up
-            epoch_seconds_per_batch(mode, model, x, y, 1, args.bf16)
-        times: dict[str, list[float]] = {mode: [] for mode in MODES}
+        variants = {(mode, False): build(mode, preset, args) for mode in MODES}
+        if args.compile:
+            for mode in MODES:
+                variants[(mode, True)] = compiled = copy.deepcopy(variants[(mode, False)])
+                compile_model(compiled)
+        for (mode, _), model in variants.items():  # warm-up (and compilation)
+            epoch_seconds_per_batch(mode, model, x, y, 2, args.bf16)
+        times: dict[tuple[str, bool], list[float]] = {key: [] for key in variants}
         for _ in range(args.rounds):
-            for mode, model in models.items():
-                times[mode].append(epoch_seconds_per_batch(mode, model, x, y, args.batches, args.bf16))
-        median = {mode: statistics.median(t) for mode, t in times.items()}
+            for (mode, compiled), model in variants.items():
+                times[(mode, compiled)].append(
+                    epoch_seconds_per_batch(mode, model, x, y, args.batches, args.bf16)
+                )
+        median = {key: statistics.median(t) for key, t in times.items()}
         for mode in MODES:
+            eager = median[(mode, False)]
+            extra = ""
+            if args.compile:
+                fast = median[(mode, True)]
+                extra = f" | {1000 * fast:.0f} | {eager / fast:.2f}x"
             print(
-                f"| {name} {channels}x{size}x{size} | {mode} | {1000 * median[mode]:.0f} "
-                f"| {args.batch_size / median[mode]:.0f} | {median[mode] / median['vit']:.2f}x "
-                f"| {median[mode] / median['fused']:.2f}x |"
+                f"| {name} {channels}x{size}x{size} | {mode} | {1000 * eager:.0f} "
+                f"| {args.batch_size / eager:.0f} | {eager / median[('vit', False)]:.2f}x "
+                f"| {eager / median[('fused', False)]:.2f}x{extra} |"
             )
 
 

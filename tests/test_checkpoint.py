@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from paraformer.atomic import atomic_write
+from paraformer.atomic import WriteError, atomic_write
 from paraformer.checkpoint import load_model, load_train_state, save_model, save_train_state
 from paraformer.errors import CheckpointError
 from paraformer.registry import create_model
@@ -26,7 +26,7 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
         tmp.write_text("half")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(WriteError, match="disk full; the previous version is unchanged"):
         atomic_write(target, failing)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
 

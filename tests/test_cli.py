@@ -190,3 +190,78 @@ def test_config_file_sets_defaults_and_flags_override_it(tmp_path: Path) -> None
 
 def test_bad_config_file_is_one_line(tmp_path: Path, capsys) -> None:
     one_line_error(capsys, main(["train", "--config", "paper_cifar1000"]), "paper_cifar10")
+
+
+# ---------------------------------------------------------------------------- launching
+
+
+def _run_module(*args: str, cwd: Path, shell_pipe: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    if shell_pipe is not None:
+        command = f"{sys.executable} -m paraformer {' '.join(args)} | {shell_pipe}"
+        return subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=120,
+        )
+    return subprocess.run(
+        [sys.executable, "-m", "paraformer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_python_dash_m_paraformer_works(tmp_path: Path) -> None:
+    proc = _run_module("list-models", cwd=tmp_path)
+    assert proc.returncode == 0 and "paraformer_tiny_fmnist" in proc.stdout
+    proc = _run_module("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("paraformer ")
+
+
+@pytest.mark.parametrize(
+    "args, reader, lines",
+    [
+        (("list-models",), "head -2", 2),
+        (("info", "paraformer_paper"), "head -1", 1),
+        (("list-models",), "true", 0),  # the reader is gone before the first write: always EPIPE
+        (("info", "paraformer_paper"), "true", 0),
+    ],
+)
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, args: tuple[str, ...], reader: str, lines: int) -> None:
+    proc = _run_module(*args, cwd=tmp_path, shell_pipe=reader)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and len(proc.stdout.splitlines()) == lines
+
+
+def test_without_model_the_preset_that_fits_the_data_is_chosen(tmp_path: Path, capsys) -> None:
+    from test_data import write_imagefolder
+
+    root = write_imagefolder(tmp_path / "rgb", per_class=12, size=32)
+    argv = [
+        "train",
+        "--dataset",
+        f"imagefolder:{root}",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--val-fraction",
+        "0",
+        "--set",
+        "dim=16",
+        "--set",
+        "heads=2",
+        "--set",
+        "mlp_dim=16",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "auto")]) == 0
+    assert "paraformer_tiny_cifar" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert saved["train"]["model"] == "paraformer_tiny_cifar" and saved["model"]["in_channels"] == 3
+    code = main([*argv, "--model", "paraformer_tiny_fmnist", "--out", str(tmp_path / "explicit")])
+    one_line_error(capsys, code, "1-channel", "leave out --model")

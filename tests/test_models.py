@@ -176,3 +176,19 @@ def test_wrong_input_shapes_raise_shape_errors() -> None:
     vit = ViT(ViTConfig(**TINY, depth=2))
     with pytest.raises(ConfigError, match="no branches"):
         vit(torch.randn(2, 3, 8, 8), branches=1)
+
+
+def test_layers_take_explicit_sizes_and_attention_can_be_causal() -> None:
+    from paraformer.layers import Attention, Block
+
+    torch.manual_seed(0)
+    attn = Attention(16, 2, head_dim=12, causal=True).eval()
+    assert attn.qkv.out_features == 3 * 24 and attn.out.in_features == 24
+    x = torch.randn(2, 5, 16)
+    y = attn(x)
+    x2 = x.clone()
+    x2[:, 3:] = torch.randn(2, 2, 16)  # changing later tokens must not change earlier outputs
+    torch.testing.assert_close(attn(x2)[:, :3], y[:, :3])
+    assert not torch.allclose(attn(x2)[:, 3:], y[:, 3:])
+    block = Block(16, 4, 40, causal=True)
+    assert block(x).shape == x.shape and block.mlp.net[0].out_features == 40

@@ -1,14 +1,28 @@
-"""Atomic file writes: a temporary file in the same folder, then ``os.replace``.
+"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``.
 
-A crash or Ctrl-C mid-write leaves the old file (or none), never a half-written one.
+A crash, Ctrl-C or power cut mid-write leaves the old file (or none), never a
+half-written one; a file reported written is on disk. A failed write (full disk,
+read-only folder) raises ``WriteError`` with a one-line reason and removes the
+temporary file, so the previous version stays intact.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from paraformer.errors import CheckpointError
+
+TMP_SUFFIX = ".tmp"
+_LOW_SPACE_BYTES = 64 << 20
+
+
+class WriteError(CheckpointError):
+    """A file could not be written; the previous version of it is unchanged."""
 
 
 def _umask() -> int:
@@ -17,20 +31,69 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # some filesystems do not open folders; the data fsync still happened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_failure_reason(err: BaseException, folder: Path) -> str:
+    """A short reason for a failed write, naming a full disk even when torch hides it."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return "the disk is full"
+    try:
+        if shutil.disk_usage(folder).free < _LOW_SPACE_BYTES:
+            return "the disk is full"
+    except OSError:
+        pass
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror.lower()
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, then move the finished file onto ``path``.
+    """Call ``write(tmp_path)``, fsync it, then move the finished file onto ``path``.
 
     The file gets the usual permissions (0666 less the umask), not the private 0600
     that temporary files are created with.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {write_failure_reason(err, path.parent)}.") from None
     try:
         write(Path(tmp))
+        _fsync_path(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        _fsync_path(path.parent, directory=True)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        reason = write_failure_reason(err, path.parent)
+        raise WriteError(f"cannot write {path}: {reason}; the previous version is unchanged.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete temporary files that an interrupted ``atomic_write`` left in ``folder``."""
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(f".*{TMP_SUFFIX}"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed

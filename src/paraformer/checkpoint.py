@@ -1,33 +1,52 @@
 """Checkpoints as folders: ``model.safetensors`` + ``config.json`` (+ ``train_state.pt``).
 
-Every file is written atomically (a temporary file in the same folder, then
+Every file is written atomically (a temporary file in the same folder, fsync, then
 ``os.replace``), so an interrupted write never leaves a half-written checkpoint.
 Nothing is ever unpickled: weights are safetensors, configs JSON, and the resume
-state is read with ``torch.load(weights_only=True)``.
+state is read with ``torch.load(weights_only=True)``. JSON never holds NaN: a
+non-finite number is written as ``null``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from paraformer.atomic import atomic_write
-from paraformer.config import ImageModelConfig, config_from_dict
+from paraformer.config import ModelConfig, config_from_dict
 from paraformer.errors import CheckpointError, ConfigError
-from paraformer.models import ImageClassifier, build_model
+from paraformer.models import build_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def json_text(data: Any, indent: int | None = 2) -> str:
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    text = json_text(data) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path) -> Any:
@@ -37,30 +56,38 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the file is corrupt.") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}.") from None
 
 
-def save_model(folder: Path, model: ImageClassifier, extra_config: dict[str, Any] | None = None) -> None:
-    """Write ``model.safetensors`` and ``config.json`` (``{"model": ..., **extra}``)."""
+def save_model(folder: Path, model: nn.Module, extra_config: dict[str, Any] | None = None) -> None:
+    """Write ``model.safetensors`` and then ``config.json`` (``{"model": ..., **extra}``)."""
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(folder / MODEL_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        except SafetensorError as err:
+            raise OSError(str(err)) from None
+
+    atomic_write(folder / MODEL_FILE, write)
     write_json(folder / CONFIG_FILE, {"model": model.cfg.to_dict(), **(extra_config or {})})
 
 
-def load_config(folder: Path) -> tuple[ImageModelConfig, dict[str, Any]]:
+def load_config(folder: Path) -> tuple[ModelConfig, dict[str, Any]]:
     """The model config and the whole ``config.json`` of a checkpoint folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} does not exist or is not a folder; pass a run or checkpoint folder.")
-    data = read_json(folder / CONFIG_FILE)
+    path = folder / CONFIG_FILE
+    data = read_json(path)
     if not isinstance(data, dict) or "model" not in data:
-        raise CheckpointError(
-            f"{folder / CONFIG_FILE} has no 'model' section; it is not a paraformer config."
-        )
+        raise CheckpointError(f"{path} has no 'model' section; it is not a paraformer config.")
     try:
         return config_from_dict(data["model"]), data
-    except (ConfigError, TypeError) as err:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: invalid model config: {err}") from None
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: invalid model config: {err}") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -74,23 +101,28 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def load_model(folder: Path, device: str | torch.device = "cpu") -> ImageClassifier:
+def load_model(folder: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from its folder's config and load its weights."""
     folder = Path(folder)
     cfg, _ = load_config(folder)
     model = build_model(cfg)
-    state = load_weights(folder / MODEL_FILE)
+    load_state_into(model, load_weights(folder / MODEL_FILE), folder / MODEL_FILE)
+    return model.to(device)
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load ``state`` into ``model``, or say in one line how it does not match."""
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise CheckpointError(
-            f"{folder / MODEL_FILE} does not match its config.json "
+            f"{source} does not match its config.json "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})."
         )
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{folder / MODEL_FILE} does not match its config.json: {err}") from None
-    return model.to(device)
+        first = str(err).strip().splitlines()
+        raise CheckpointError(f"{source} does not match its config.json: {first[-1].strip()}") from None
 
 
 def save_train_state(folder: Path, state: dict[str, Any]) -> None:
@@ -98,15 +130,22 @@ def save_train_state(folder: Path, state: dict[str, Any]) -> None:
 
 
 def load_train_state(folder: Path) -> dict[str, Any]:
+    """The resume state of a run, read with ``weights_only=True`` (nothing is unpickled)."""
     path = Path(folder) / TRAIN_STATE_FILE
     if not path.is_file():
         raise CheckpointError(
-            f"{path} is missing, so the run cannot be resumed; start it again without --resume."
+            f"{path} is missing, so the run in {folder} cannot be resumed; train into another --out."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path} holds Python objects that paraformer never writes and will not load; "
+                "it was not written by this tool or has been tampered with: do not trust it."
+            ) from None
+        first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         raise CheckpointError(f"{path} cannot be read ({first_line}); the file is corrupt.") from None
     if not isinstance(state, dict) or "position" not in state:
         raise CheckpointError(f"{path} is not a paraformer training state.")

@@ -11,50 +11,21 @@ Problems with the input end in a one-line ``error: ...`` and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
 from paraformer.errors import ParaformerError
-from paraformer.train.config import (
-    MODES,
-    OPTIMIZERS,
-    PREFIX_WEIGHTS,
-    TrainConfig,
-    list_recipes,
-    load_recipe,
-)
+from paraformer.train.config import LoopConfig, TrainConfig, list_recipes, load_recipe
 
 EXIT_USAGE = 2
-
-# TrainConfig fields that have a flag of the same name (``--batch-size`` -> batch_size).
-_TRAIN_FLAGS: tuple[str, ...] = (
-    "model",
-    "dataset",
-    "data_dir",
-    "mode",
-    "prefix_weights",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "warmup_epochs",
-    "grad_clip",
-    "label_smoothing",
-    "bf16",
-    "strong_augment",
-    "strong_ops",
-    "strong_magnitude",
-    "crop_padding",
-    "seed",
-    "val_fraction",
-    "limit_train",
-    "device",
-    "save_every_minutes",
-)
+EXIT_INTERRUPTED = 130
+RESUMABLE_FIELDS = ("epochs", "max_steps")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +34,38 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+# ---------------------------------------------------------------------------- flags from configs
+
+
+def config_flags(parser: argparse.ArgumentParser, cls: type[LoopConfig]) -> list[str]:
+    """Add one flag per CLI field of the config dataclass ``cls``; return the field names.
+
+    The flag, its type, choices and help text all come from the field, so a new field
+    appears in ``--help`` without a second edit. Booleans get ``--x/--no-x``.
+    """
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", False):
+            continue
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "" if default is None or "default" in meta["help"] else f" (default {default})"
+        kwargs: dict[str, Any] = {"help": meta["help"] + shown, "default": None, "dest": f.name}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        names.append(f.name)
+    return names
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -75,44 +78,56 @@ def _parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def given_flags(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+# ---------------------------------------------------------------------------- commands
+
+
 def _train_command(args: argparse.Namespace) -> int:
     from paraformer.train import resume, train
 
-    given = {name: getattr(args, name) for name in _TRAIN_FLAGS if getattr(args, name) is not None}
+    given = given_flags(args, args.config_fields)
     overrides = dict(args.set or [])
     if args.resume:
         if args.out is None:
             raise ParaformerError("--resume needs --out DIR, the folder of the run to continue.")
-        extra = sorted(set(given) - {"epochs"}) + (["--set"] if overrides else [])
-        extra += ["--config"] if args.config else []
+        extra = [f"--{k.replace('_', '-')}" for k in sorted(set(given) - set(RESUMABLE_FIELDS))]
+        extra += (["--set"] if overrides else []) + (["--config"] if args.config else [])
         if extra:
             raise ParaformerError(
                 f"--resume continues the run with its saved settings; drop {', '.join(extra)} "
-                "(only --epochs may change) or start a new run with another --out."
+                "(only --epochs and --max-steps may change) or start a new run with another --out."
             )
-        summary = resume(args.out, epochs=given.get("epochs"), progress=not args.no_progress)
+        summary = resume(args.out, progress=not args.no_progress, **given)
     else:
         base = load_recipe(args.config) if args.config else {}
         model_overrides = {**base.pop("model_overrides", {}), **overrides}
         cfg = TrainConfig.from_dict({**base, **given, "model_overrides": model_overrides})
-        out = (
-            args.out
-            or Path("runs") / f"{cfg.model}-{cfg.dataset.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-        summary = train(cfg, out, progress=not args.no_progress)
-        args.out = out
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        args.out = args.out or Path("runs") / f"{cfg.model or 'auto'}-{cfg.dataset.split(':')[0]}-{stamp}"
+        summary = train(cfg, args.out, progress=not args.no_progress)
     if summary.get("interrupted"):
-        return 130
+        return EXIT_INTERRUPTED
     if summary.get("epochs_completed"):
-        prefix = summary.get("final_test_acc_prefix")
-        branches = f", first branch alone {prefix[0]:.1%}" if prefix else ""
-        print(
-            f"done: {summary['model']} ({summary['mode']}) {summary['num_params']:,} params, "
-            f"final test accuracy {summary['final_test_acc']:.2%} (best-val epoch {summary['best_epoch']}: "
-            f"{summary['best_test_acc']:.2%}){branches}, {summary['train_seconds']:.0f}s training, "
-            f"run in {args.out}"
-        )
+        print(summary_line(summary, args.out))
     return 0
+
+
+def summary_line(s: dict[str, Any], out: Path) -> str:
+    """The one line printed at the end of training: what was selected, and its test figures."""
+    prefix = s.get("test_acc_prefix")
+    branches = f", first branch alone {prefix[0]:.1%}" if prefix else ""
+    how = (
+        f"best-validation epoch {s['selected_epoch']} (val {s['val_acc']:.2%})"
+        if s["selection"].startswith("best")
+        else f"last epoch {s['selected_epoch']}, no validation split"
+    )
+    return (
+        f"done: {s['model']} ({s['mode']}) {s['num_params']:,} params; {how}: test accuracy "
+        f"{s['test_acc']:.2%}{branches}; {s['train_seconds']:.0f}s training; run in {out}"
+    )
 
 
 def _eval_command(args: argparse.Namespace) -> int:
@@ -125,14 +140,16 @@ def _eval_command(args: argparse.Namespace) -> int:
         weights=args.weights,
         data_dir=args.data_dir,
         device=args.device,
+        compile=args.compile,
         progress=not args.json,
     )
     if args.json:
         print(json.dumps(result))
         return 0
     branches = f" with {result['branches']} branch(es)" if result["branches"] else ""
+    epoch = f", epoch {result['epoch']}" if result.get("epoch") else ""
     print(
-        f"{result['run']} ({result['weights']} weights){branches}: {result['split']} accuracy "
+        f"{result['run']} ({result['weights']} weights{epoch}){branches}: {result['split']} accuracy "
         f"{result['accuracy']:.2%} on {result['num_samples']:,} images, loss {result['loss']:.4f}, "
         f"{result['num_params']:,} params"
     )
@@ -153,12 +170,14 @@ def _info_command(args: argparse.Namespace) -> int:
         return 0
     print(f"{info['name']} ({info['family']}, {info['source']}) {info['description']}".rstrip())
     cfg = info["config"]
+    if "image_size" in cfg:
+        print(
+            f"  input {cfg['in_channels']}x{cfg['image_size']}x{cfg['image_size']}, "
+            f"patch {cfg['patch_size']}, "
+            f"dim {cfg['dim']}, heads {cfg['heads']}, MLP {cfg['mlp_dim']}, {cfg['num_classes']} classes"
+        )
     print(
-        f"  input {cfg['in_channels']}x{cfg['image_size']}x{cfg['image_size']}, patch {cfg['patch_size']}, "
-        f"dim {cfg['dim']}, heads {cfg['heads']}, MLP {cfg['mlp_dim']}, {cfg['num_classes']} classes"
-    )
-    print(
-        f"  parameters {info['num_params']:,}; forward FLOPs per image {info['flops_per_image'] / 1e6:,.1f}M"
+        f"  parameters {info['num_params']:,}; forward FLOPs per sample {info['flops_per_image'] / 1e6:,.1f}M"
     )
     layout = info.get("layout")
     if layout:
@@ -174,11 +193,13 @@ def _info_command(args: argparse.Namespace) -> int:
         )
     else:
         print(f"  {info['num_layers']} blocks in sequence")
-    if "summary" in info:
-        s = info["summary"]
+    summary = info.get("summary")
+    if isinstance(summary, dict) and "epochs_completed" in summary:
+        acc = summary.get("test_acc", summary.get("final_test_acc"))
+        acc_text = f": test accuracy {acc:.2%}" if isinstance(acc, (int, float)) else ""
         print(
-            f"  trained {s['epochs_completed']}/{s['epochs']} epochs on {s['dataset']} ({s['mode']}): "
-            f"final test accuracy {s['final_test_acc']:.2%}"
+            f"  trained {summary['epochs_completed']}/{summary.get('epochs')} epochs on "
+            f"{summary.get('dataset')} ({summary.get('mode')}){acc_text}"
         )
     return 0
 
@@ -188,21 +209,24 @@ def _list_models_command(args: argparse.Namespace) -> int:
     from paraformer.registry import describe_model, get_config, list_models
 
     for name in list_models():
-        params = build_model(get_config(name)).num_params()
+        params = sum(p.numel() for p in build_model(get_config(name)).parameters())
         print(f"{name:26s} {params / 1e6:6.2f}M  {describe_model(name)}")
     return 0
 
 
+# ---------------------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from paraformer import __version__
     from paraformer.runs import evaluate_run, model_info
-    from paraformer.train.loop import train as train_fn
+    from paraformer.train import train as train_fn
 
     parser = _Parser(
         prog="paraformer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version="paraformer 0.1.0")
+    parser.add_argument("--version", action="version", version=f"paraformer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    defaults = TrainConfig()
 
     p = sub.add_parser("train", help="train a model", description=train_fn.__doc__)
     p.add_argument(
@@ -211,61 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from a JSON file of training settings (or a run's config.json) or a shipped "
         f"recipe ({', '.join(list_recipes())}); other flags override it",
     )
-    p.add_argument("--model", help=f"preset name (default {defaults.model}; see list-models)")
-    p.add_argument(
-        "--dataset",
-        help="embedded (default, no files needed), fashion-mnist, cifar10, cifar100 or imagefolder:PATH",
-    )
-    p.add_argument("--data-dir", help="folder holding the dataset files (default $PARAFORMER_DATA_DIR)")
-    p.add_argument("--mode", choices=MODES, help=f"ParaFormer training schedule (default {defaults.mode})")
-    p.add_argument(
-        "--prefix-weights", choices=PREFIX_WEIGHTS, help="weights of the prefix losses in fused mode"
-    )
-    p.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.epochs})")
-    p.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size}")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {defaults.optimizer}")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr:g})")
-    p.add_argument("--weight-decay", type=float, help=f"default {defaults.weight_decay:g}")
-    p.add_argument(
-        "--warmup-epochs", type=float, help=f"linear warmup, then cosine (default {defaults.warmup_epochs:g})"
-    )
-    p.add_argument(
-        "--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {defaults.grad_clip:g})"
-    )
-    p.add_argument("--label-smoothing", type=float, help="default 0")
-    p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CPU and CUDA)")
-    p.add_argument(
-        "--strong-augment", action="store_true", default=None, help="add a RandAugment-style policy"
-    )
-    p.add_argument("--strong-ops", type=int, help="RandAugment N, operations per image (default 2)")
-    p.add_argument("--strong-magnitude", type=int, help="RandAugment M, 0-30 (default 9; the paper uses 14)")
-    p.add_argument(
-        "--crop-padding",
-        type=int,
-        help="random-crop padding in pixels, 0 = off (default: input/8 for natural images, else input/16)",
-    )
-    p.add_argument("--seed", type=int, help="random seed (default 0); runs are deterministic per seed")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        help=f"train images held out for validation (default {defaults.val_fraction:g})",
-    )
-    p.add_argument("--limit-train", type=int, help="use only N training images (class-balanced)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument(
-        "--save-every-minutes", type=float, help="also checkpoint mid-epoch this often (default 5)"
-    )
+    fields = config_flags(p, TrainConfig)
     p.add_argument(
         "--set",
         action="append",
         type=_parse_override,
         metavar="FIELD=VALUE",
-        help="override a model config field, e.g. --set num_branches=8 (repeatable)",
+        help="override a model config field, e.g. --set num_branches=8 (repeatable; VALUE is JSON)",
     )
     p.add_argument("--out", type=Path, help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch only)")
-    p.set_defaults(func=_train_command)
+    p.set_defaults(func=_train_command, config_fields=fields)
 
     p = sub.add_parser("eval", help="evaluate a trained run", description=evaluate_run.__doc__)
     p.add_argument("run_dir", type=Path, help="a run folder written by `paraformer train`")
@@ -275,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", default="best", choices=("best", "last"), help="best-validation or last weights"
     )
     p.add_argument("--data-dir", help="where the dataset files are, if not where the run found them")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on a GPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval_command)
 
@@ -289,17 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (``paraformer list-models | head``): stop quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit cannot fail again
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``paraformer`` command."""
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit flush
+        return code
     except ParaformerError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Validated, JSON-serialisable model configurations.
+"""Validated, frozen, JSON-serialisable model configurations.
 
-One dataclass per model family. Every value is checked at construction, so a bad
-config fails here with a sentence instead of later with a shape error.
+One dataclass per model family. Every value is checked for its type and range at
+construction, so a bad config fails here with a sentence instead of later with a
+shape error; configs are frozen, so a preset cannot be changed behind your back
+(``cfg.replace(...)`` returns a new, validated copy).
 """
 
 from __future__ import annotations
@@ -11,21 +13,58 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from paraformer.errors import ConfigError
+from paraformer.fields import check_fields, from_mapping
 
-_POOLS = ("cls", "mean")
-_RESIDUALS = ("standard", "normed")
+POOLS = ("cls", "mean")
+RESIDUALS = ("standard", "normed")
+# Configs describe models that must fit in memory; sizes beyond this are typos.
+MAX_SIZE = 1 << 20
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
 
 
-@dataclass
-class ImageModelConfig:
-    """Fields shared by every image classifier: embedding, blocks and head."""
+def require_positive(cfg: Any, *names: str, limit: int = MAX_SIZE) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        require(1 <= value <= limit, f"{name} must be an integer in 1..{limit}, got {value!r}.")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0] if n > 0 else []
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What every model config shares: a family name, validation, dict round trip."""
 
     family: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def num_layers(self) -> int:
+        """Total number of Transformer blocks in the model."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, **dataclasses.asdict(self)}
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again); unknown names are an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown {self.family} field(s) {unknown}; known fields: {sorted(known)}.")
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclass(frozen=True)
+class ImageModelConfig(ModelConfig):
+    """Fields shared by every image classifier: embedding, blocks and head."""
 
     image_size: int = 32
     patch_size: int = 4
@@ -43,52 +82,42 @@ class ImageModelConfig:
     residual: str = "standard"
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "heads", "mlp_dim"):
-            value = getattr(self, name)
-            _require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                f"{name} must be a positive integer, got {value!r}.",
-            )
-        _require(
+        super().__post_init__()
+        require_positive(self, "image_size", "patch_size", "num_classes", "dim", "heads", "mlp_dim")
+        require_positive(self, "in_channels", limit=64)
+        require(
             self.dim % self.heads == 0,
             f"dim ({self.dim}) must be divisible by heads ({self.heads}); "
-            f"pick heads from {_divisors(self.dim)}.",
+            f"pick heads from {divisors(self.dim)}.",
         )
-        _require(
+        require(
             self.image_size % self.patch_size == 0,
             f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size}); "
-            f"pick patch_size from {_divisors(self.image_size)}.",
+            f"pick patch_size from {divisors(self.image_size)}.",
         )
         for name in ("dropout", "emb_dropout"):
             value = getattr(self, name)
-            _require(
-                isinstance(value, (int, float)) and 0.0 <= value < 1.0,
-                f"{name} must be in [0, 1), got {value!r}.",
-            )
-        _require(self.pool in _POOLS, f"pool must be one of {_POOLS}, got {self.pool!r}.")
-        _require(
-            self.residual in _RESIDUALS,
-            f"residual must be one of {_RESIDUALS}, got {self.residual!r}.",
-        )
+            require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value!r}.")
+        require(self.pool in POOLS, f"pool must be one of {POOLS}, got {self.pool!r}.")
+        require(self.residual in RESIDUALS, f"residual must be one of {RESIDUALS}, got {self.residual!r}.")
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
-    @property
-    def num_layers(self) -> int:
-        """Total number of Transformer blocks in the model."""
-        raise NotImplementedError
+    def block_sizes(self) -> dict[str, Any]:
+        """Keyword arguments of ``layers.Block`` for this config's blocks."""
+        return dict(
+            dim=self.dim,
+            heads=self.heads,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            qkv_bias=self.qkv_bias,
+            residual=self.residual,
+        )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, **dataclasses.asdict(self)}
 
-    def replace(self, **overrides: Any) -> ImageModelConfig:
-        """Return a copy with some fields changed (validated again)."""
-        return type(self)(**{**dataclasses.asdict(self), **overrides})
-
-
-@dataclass
+@dataclass(frozen=True)
 class ViTConfig(ImageModelConfig):
     """A standard ViT: ``depth`` pre-LN blocks applied one after another."""
 
@@ -98,34 +127,34 @@ class ViTConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(
-            isinstance(self.depth, int) and self.depth >= 1,
-            f"depth must be a positive integer, got {self.depth!r}.",
-        )
+        require_positive(self, "depth", limit=4096)
 
     @property
     def num_layers(self) -> int:
         return self.depth
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParaFormerConfig(ImageModelConfig):
-    """A ParaFormer: ``num_branches`` parallel stacks of ``branch_depth`` blocks, summed."""
+    """A ParaFormer: ``num_branches`` parallel stacks of ``branch_depth`` blocks, summed.
+
+    ``gated_branches`` lists the branches whose output is multiplied by a learned scalar
+    (added by expansion, starting at 0 so that adding them leaves the output unchanged).
+    """
 
     family: ClassVar[str] = "paraformer"
 
     num_branches: int = 8
     branch_depth: int = 2
+    gated_branches: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(
-            isinstance(self.num_branches, int) and self.num_branches >= 1,
-            f"num_branches must be an integer >= 1, got {self.num_branches!r}.",
-        )
-        _require(
-            isinstance(self.branch_depth, int) and self.branch_depth >= 1,
-            f"branch_depth must be an integer >= 1, got {self.branch_depth!r}.",
+        require_positive(self, "num_branches", "branch_depth", limit=4096)
+        gated = self.gated_branches
+        require(
+            len(set(gated)) == len(gated) and all(0 <= i < self.num_branches for i in gated),
+            f"gated_branches must be distinct indices in 0..{self.num_branches - 1}, got {list(gated)}.",
         )
 
     @property
@@ -138,29 +167,26 @@ class ParaFormerConfig(ImageModelConfig):
         return ViTConfig(**shared, depth=self.num_layers)
 
 
-CONFIG_CLASSES: dict[str, type[ImageModelConfig]] = {
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
     ViTConfig.family: ViTConfig,
     ParaFormerConfig.family: ParaFormerConfig,
 }
 
 
-def config_from_dict(data: dict[str, Any]) -> ImageModelConfig:
+def register_config(cls: type[ModelConfig]) -> type[ModelConfig]:
+    """Make a config class known to ``config_from_dict`` (used by the model families)."""
+    CONFIG_CLASSES[cls.family] = cls
+    return cls
+
+
+def config_from_dict(data: Any) -> ModelConfig:
     """Rebuild a config from ``to_dict()`` output, with clear errors for bad input."""
     if not isinstance(data, dict):
         raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}.")
     data = dict(data)
     family = data.pop("family", None)
-    if family not in CONFIG_CLASSES:
+    if not isinstance(family, str) or family not in CONFIG_CLASSES:
         raise ConfigError(
             f"unknown model family {family!r} in config; expected one of {sorted(CONFIG_CLASSES)}."
         )
-    cls = CONFIG_CLASSES[family]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown {family} config field(s) {unknown}; known fields: {sorted(known)}.")
-    return cls(**data)
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0] if isinstance(n, int) and n > 0 else []
+    return from_mapping(CONFIG_CLASSES[family], data, f"{family} config")

@@ -1,6 +1,7 @@
-"""Building blocks shared by every model family: patch embedding, attention, MLP, block.
+"""Building blocks shared by every model family: patch embedding, attention, MLP, block, head.
 
-Linear and LayerNorm layers keep PyTorch's default initialisation, as in the
+Layers take explicit sizes (not a config), so one model can use a different width per
+layer. Linear and LayerNorm layers keep PyTorch's default initialisation, as in the
 ParaFormer authors' code; it trained faster than the std-0.02 truncated normal of
 large-data ViTs on the small CPU protocols here (measured).
 """
@@ -11,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paraformer.config import ImageModelConfig
 from paraformer.errors import ShapeError
 
 
@@ -21,18 +21,17 @@ class PatchEmbedding(nn.Module):
     Adds a class token and learned position embeddings; returns ``(B, 1 + P, D)``.
     """
 
-    def __init__(self, cfg: ImageModelConfig) -> None:
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int, dropout: float) -> None:
         super().__init__()
-        self.image_size = cfg.image_size
-        self.patch_size = cfg.patch_size
-        self.in_channels = cfg.in_channels
-        patch_dim = cfg.in_channels * cfg.patch_size**2
-        self.proj = nn.Sequential(
-            nn.LayerNorm(patch_dim), nn.Linear(patch_dim, cfg.dim), nn.LayerNorm(cfg.dim)
-        )
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.dim))
-        self.dropout = nn.Dropout(cfg.emb_dropout)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        patch_dim = in_channels * patch_size**2
+        num_patches = (image_size // patch_size) ** 2
+        self.proj = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.dropout = nn.Dropout(dropout)
         # Unit scale, like the LayerNorm-ed patch tokens they are added to. The common
         # std-0.02 init leaves position information 50x weaker than content, and Adam
         # needs about 1,000 steps to grow it: on a 5,400-image Fashion-MNIST subset that
@@ -66,27 +65,46 @@ class PatchEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, correct for any head count that divides ``dim``."""
+    """Multi-head self-attention, correct for any head count.
 
-    def __init__(self, dim: int, heads: int, dropout: float, qkv_bias: bool) -> None:
+    ``head_dim`` defaults to ``dim // heads``; another value gives an attention width
+    ``heads * head_dim`` that differs from the residual width (per-layer tapering).
+    ``causal`` masks attention to earlier positions (language models).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        head_dim: int | None = None,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+        causal: bool = False,
+    ) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.out = nn.Linear(dim, dim)
+        self.head_dim = head_dim or dim // heads
+        inner = self.heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.out = nn.Linear(inner, dim)
         self.dropout = dropout
+        self.causal = causal
         self.out_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        qkv = self.qkv(x).view(b, t, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        b, t, _ = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
+        x = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+        )
+        x = x.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)  # (B, T, H*Dh)
         return self.out_dropout(self.out(x))
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(dim, hidden),
@@ -107,13 +125,26 @@ class Block(nn.Module):
     the form in the ParaFormer authors' released code, kept for comparisons.
     """
 
-    def __init__(self, cfg: ImageModelConfig) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_dim: int,
+        *,
+        head_dim: int | None = None,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+        residual: str = "standard",
+        causal: bool = False,
+    ) -> None:
         super().__init__()
-        self.normed_residual = cfg.residual == "normed"
-        self.norm1 = nn.LayerNorm(cfg.dim)
-        self.attn = Attention(cfg.dim, cfg.heads, cfg.dropout, cfg.qkv_bias)
-        self.norm2 = nn.LayerNorm(cfg.dim)
-        self.mlp = MLP(cfg.dim, cfg.mlp_dim, cfg.dropout)
+        self.normed_residual = residual == "normed"
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(
+            dim, heads, head_dim=head_dim, dropout=dropout, qkv_bias=qkv_bias, causal=causal
+        )
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_dim, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
@@ -125,11 +156,14 @@ class Block(nn.Module):
 class ClassifierHead(nn.Module):
     """Final LayerNorm, pooling (class token or mean) and a linear classifier."""
 
-    def __init__(self, cfg: ImageModelConfig) -> None:
+    def __init__(self, dim: int, num_classes: int, pool: str = "cls") -> None:
         super().__init__()
-        self.pool = cfg.pool
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.fc = nn.Linear(cfg.dim, cfg.num_classes)
+        self.pool = pool
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def reads_class_token_only(self) -> bool:
+        return self.pool == "cls"
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """(..., T, D) tokens -> (..., D) normalised pooled features."""

@@ -6,12 +6,15 @@ Each ParaFormer preset has a ViT twin with the same blocks stacked sequentially
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any
 
-from paraformer.config import ImageModelConfig, ParaFormerConfig
+from torch import nn
+
+from paraformer.config import ModelConfig, ParaFormerConfig
 from paraformer.errors import ConfigError
-from paraformer.models import ImageClassifier, build_model
+from paraformer.models import build_model
 
 # CPU-scale presets train for a few epochs, where dropout only slows convergence; on
 # CPU it also costs about half of the step time (random masks are slow to draw there).
@@ -50,7 +53,7 @@ def _twin_name(name: str) -> str:
     return name.replace("paraformer_", "vit_", 1)
 
 
-PRESETS: dict[str, tuple[str, ImageModelConfig]] = {}
+PRESETS: dict[str, tuple[str, ModelConfig]] = {}
 for _name, (_description, _cfg) in _PARAFORMERS.items():
     PRESETS[_name] = (_description, _cfg)
     PRESETS[_twin_name(_name)] = (
@@ -77,19 +80,45 @@ def twin_of(name: str) -> str | None:
     return other if other in PRESETS else None
 
 
-def get_config(name: str, **overrides: Any) -> ImageModelConfig:
-    """The preset's config with ``overrides`` applied (validated)."""
+def register_preset(name: str, description: str, cfg: ModelConfig) -> None:
+    """Add a named preset (model families outside this file register theirs here)."""
+    PRESETS[name] = (description, cfg)
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    """A copy of the preset's config with ``overrides`` applied (validated)."""
     cfg = PRESETS[_check_name(name)][1]
-    if not overrides:
-        return cfg
-    known = set(cfg.to_dict()) - {"family"}
+    known = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"unknown override(s) {unknown} for {name}; known fields: {sorted(known)}.")
-    return cfg.replace(**overrides)
+    return dataclasses.replace(cfg, **overrides)
 
 
-def create_model(name: str, **overrides: Any) -> ImageClassifier:
+def preset_for_images(channels: int, image_size: int, family: str = "paraformer") -> str:
+    """The smallest preset of ``family`` built for images with this many channels.
+
+    Among those, one whose input size equals ``image_size`` wins; otherwise the images
+    will be resized to the preset's input.
+    """
+    fits = [
+        (getattr(cfg, "image_size", 0) != image_size, _params_estimate(cfg), name)
+        for name, (_, cfg) in PRESETS.items()
+        if cfg.family == family and getattr(cfg, "in_channels", None) == channels
+    ]
+    if not fits:
+        raise ConfigError(
+            f"no {family} preset takes {channels}-channel images; "
+            f"pass --model and --set in_channels={channels}."
+        )
+    return min(fits)[2]
+
+
+def _params_estimate(cfg: ModelConfig) -> int:
+    return cfg.num_layers * cfg.dim * cfg.mlp_dim  # ranks presets by size; exact counts need a build
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a preset model, e.g. ``create_model("paraformer_tiny_cifar", num_branches=8)``."""
     return build_model(get_config(name, **overrides))
 

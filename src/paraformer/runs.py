@@ -5,30 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from paraformer.checkpoint import load_config, load_model, read_json
 from paraformer.data import BatchTransform, load_dataset
 from paraformer.errors import CheckpointError, ConfigError
-from paraformer.models import ImageClassifier, ParaFormer, build_model
+from paraformer.models import build_model, is_branched, select_branches
 from paraformer.registry import describe_model, get_config, list_models
-from paraformer.train.config import TrainConfig
+from paraformer.train.checkpointing import BEST_DIR, SUMMARY_FILE, read_run
+from paraformer.train.devices import compile_model, resolve_device
 from paraformer.train.evaluate import evaluate
-from paraformer.train.loop import resolve_device, training_splits
+from paraformer.train.setup import training_splits
+
+SPLITS = ("test", "val")
 
 
-def _checkpoint_folder(run_dir: Path, weights: str) -> Path:
+def checkpoint_folder(run_dir: Path, weights: str) -> Path:
+    """The folder holding the weights to use: ``best/`` (when present) or the run's latest."""
     if weights not in ("best", "last"):
         raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}.")
-    if weights == "best" and (run_dir / "best" / "model.safetensors").is_file():
-        return run_dir / "best"
+    if weights == "best" and (run_dir / BEST_DIR / "model.safetensors").is_file():
+        _check_best_matches_summary(run_dir)
+        return run_dir / BEST_DIR
     return run_dir
 
 
-def kept_params(model: ImageClassifier, branches: int | None) -> int:
+def _check_best_matches_summary(run_dir: Path) -> None:
+    summary_path, best_config = run_dir / SUMMARY_FILE, run_dir / BEST_DIR / "config.json"
+    if not summary_path.is_file():
+        return
+    summary, best = read_json(summary_path), read_json(best_config)
+    selected = summary.get("selected_epoch") if isinstance(summary, dict) else None
+    on_disk = best.get("epoch") if isinstance(best, dict) else None
+    if isinstance(selected, int) and isinstance(on_disk, int) and selected != on_disk:
+        raise CheckpointError(
+            f"{run_dir / BEST_DIR} holds epoch {on_disk} but the run selected epoch {selected} (it was "
+            f"interrupted while saving); repair it with `paraformer train --resume --out {run_dir}`."
+        )
+
+
+def kept_params(model: nn.Module, branches: int | None) -> int:
     """Parameters a model needs when only its first ``branches`` branches are kept."""
-    if branches is None or not isinstance(model, ParaFormer):
-        return model.num_params()
-    unused = model.branches[len(model.branch_indices(branches)) :]
-    return model.num_params() - sum(p.numel() for p in unused.parameters())
+    if branches is None or not is_branched(model):
+        return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in select_branches(model, branches).parameters())
 
 
 def evaluate_run(
@@ -39,26 +59,26 @@ def evaluate_run(
     weights: str = "best",
     data_dir: str | None = None,
     device: str = "auto",
+    compile: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Accuracy of a trained run on its dataset's test (or validation) split.
 
     ``branches=k`` evaluates a ParaFormer on its first k branches only; the
-    parameter count reported is then that of the k-branch model.
+    parameter count reported is then that of the k-branch model. ``compile``
+    runs the model through torch.compile (with CUDA graphs on a GPU).
     """
-    run_dir = Path(run_dir)
-    folder = _checkpoint_folder(run_dir, weights)
-    _, saved = load_config(folder)
-    if "train" not in saved or "data" not in saved:
-        raise CheckpointError(
-            f"{folder / 'config.json'} has no training/data section; it is not a training run."
-        )
-    cfg = TrainConfig.from_dict(saved["train"])
-    if split not in ("test", "val"):
+    if split not in SPLITS:
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}.")
+    run_dir = Path(run_dir)
+    folder = checkpoint_folder(run_dir, weights)
+    saved = read_run(folder)
+    cfg = saved.train_cfg
     model = load_model(folder, resolve_device(device))
-    if branches is not None and not isinstance(model, ParaFormer):
+    if branches is not None and not is_branched(model):
         raise ConfigError(f"--branches applies to ParaFormer models; {cfg.model} is a {model.cfg.family}.")
+    if branches is not None:
+        model.branches.resolve(branches)  # a bad count fails before the data loads
     splits = load_dataset(cfg.dataset, data_dir or cfg.data_dir, progress=progress)
     dataset = splits.test
     if split == "val":
@@ -67,9 +87,9 @@ def evaluate_run(
             raise ConfigError(
                 "this run was trained without a validation split (val_fraction=0); use --split test."
             )
-    transform = BatchTransform(
-        tuple(saved["data"]["mean"]), tuple(saved["data"]["std"]), out_size=model.cfg.image_size
-    )
+    transform = BatchTransform(saved.data.mean, saved.data.std, out_size=model.cfg.image_size)
+    if compile:
+        compile_model(model, inference=True)
     result = evaluate(
         model,
         dataset,
@@ -83,6 +103,7 @@ def evaluate_run(
     return {
         "run": str(run_dir),
         "weights": "best" if folder != run_dir else "last",
+        "epoch": saved.config_json.get("epoch"),
         "split": split,
         "branches": branches if branches is not None else getattr(model, "num_branches", None),
         "accuracy": result.accuracy,
@@ -102,7 +123,7 @@ def model_info(name_or_dir: str | Path) -> dict[str, Any]:
     elif path.is_dir():
         cfg, _ = load_config(path)
         source, description = "run", ""
-        extra = {"summary": read_json(path / "summary.json")} if (path / "summary.json").is_file() else {}
+        extra = {"summary": read_json(path / SUMMARY_FILE)} if (path / SUMMARY_FILE).is_file() else {}
     else:
         get_config(str(name_or_dir))  # raises the unknown-model error with a suggestion
         raise AssertionError("unreachable")
@@ -112,19 +133,19 @@ def model_info(name_or_dir: str | Path) -> dict[str, Any]:
         "source": source,
         "description": description,
         "family": cfg.family,
-        "num_params": model.num_params(),
+        "num_params": sum(p.numel() for p in model.parameters()),
         "flops_per_image": model.flops(),
         "num_layers": cfg.num_layers,
         "config": cfg.to_dict(),
         **extra,
     }
-    if isinstance(model, ParaFormer):
+    if is_branched(model):
         per_branch = sum(p.numel() for p in model.branches[0].parameters())
         info["layout"] = {
             "num_branches": model.num_branches,
             "branch_depth": cfg.branch_depth,
             "params_per_branch": per_branch,
-            "shared_params": model.num_params() - per_branch * model.num_branches,
+            "shared_params": info["num_params"] - sum(p.numel() for p in model.branches.parameters()),
             "params_with_k_branches": [kept_params(model, k) for k in range(1, model.num_branches + 1)],
         }
     return info

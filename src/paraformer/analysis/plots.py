@@ -1,4 +1,4 @@
-"""Training curves: accuracy vs epoch and, for ParaFormer, accuracy vs branches used."""
+"""Training curves: accuracy (or loss) vs epoch and, for branched models, accuracy vs branches used."""
 
 from __future__ import annotations
 
@@ -8,37 +8,56 @@ from typing import Any
 from paraformer.atomic import atomic_write
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Write ``curves.png`` from the per-epoch metrics records."""
+def plot_curves(
+    history: list[dict[str, Any]], path: Path, title: str = "", selected_epoch: int | None = None
+) -> None:
+    """Write ``curves.png`` from the per-epoch metrics records.
+
+    The left panel shows the training, validation (and, where measured, test) accuracy
+    per epoch, or the losses for tasks without an accuracy; the selected epoch is
+    marked. The right panel, for branched models, shows validation accuracy against
+    the number of branches used. Legends sit below the axes so they never hide points.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    prefixes = history[-1].get("test_acc_prefix") or []
-    fig, axes = plt.subplots(1, 2 if prefixes else 1, figsize=(11 if prefixes else 5.5, 4), squeeze=False)
+    metric = "acc" if any("train_acc" in h for h in history) else "loss"
+    prefixes = [h for h in history if h.get(f"val_{metric}_prefix")]
+    fig, axes = plt.subplots(1, 2 if prefixes else 1, figsize=(11 if prefixes else 5.5, 4.6), squeeze=False)
     ax = axes[0][0]
-    epochs = [h["epoch"] for h in history]
-    for key, label in (("train_acc", "train"), ("val_acc", "validation"), ("test_acc", "test")):
-        values = [h.get(key) for h in history]
-        if all(v is not None for v in values):
-            ax.plot(epochs, [100 * v for v in values], marker="o", markersize=3, label=label)
-    _finish_axes(ax, "epoch", "accuracy (%)", "accuracy vs epoch")
+    scale = 100 if metric == "acc" else 1
+    for split, label in (("train", "train"), ("val", "validation"), ("test", "test")):
+        points = [
+            (h["epoch"], scale * h[f"{split}_{metric}"])
+            for h in history
+            if h.get(f"{split}_{metric}") is not None
+        ]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+    if selected_epoch is not None:
+        ax.axvline(selected_epoch, color="grey", linestyle=":", label=f"selected epoch {selected_epoch}")
+    ylabel = "accuracy (%)" if metric == "acc" else "loss"
+    _finish_axes(ax, "epoch", ylabel, f"{ylabel.split(' ')[0]} vs epoch")
     if prefixes:
         ax = axes[0][1]
-        ks = list(range(1, len(prefixes) + 1))
-        shown = sorted({0, len(history) // 2, len(history) - 1})
+        shown = sorted({0, len(prefixes) // 2, len(prefixes) - 1})
         for i in shown:
-            record = history[i]
+            record = prefixes[i]
+            values = record[f"val_{metric}_prefix"]
+            ks = list(range(1, len(values) + 1))
             ax.plot(
                 ks,
-                [100 * a for a in record["test_acc_prefix"]],
+                [scale * a for a in values],
                 marker="o",
-                alpha=0.4 + 0.6 * (i + 1) / len(history),
+                alpha=0.4 + 0.6 * (i + 1) / len(prefixes),
                 label=f"epoch {record['epoch']}",
             )
-        ax.set_xticks(ks)
-        _finish_axes(ax, "branches used (prefix 1..k)", "test accuracy (%)", "accuracy vs number of branches")
+            ax.set_xticks(ks)
+        _finish_axes(
+            ax, "branches used (prefix 1..k)", f"validation {ylabel}", f"{ylabel.split(' ')[0]} vs branches"
+        )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -51,4 +70,11 @@ def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=min(4, max(1, len(handles))),
+        fontsize=8,
+        frameon=False,
+    )

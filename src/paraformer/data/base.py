@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+Log = Callable[[str], None]
+
+
+def quiet(message: str) -> None:
+    """The default log of library calls: print nothing."""
 
 
 @dataclass

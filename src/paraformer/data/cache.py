@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from paraformer.atomic import atomic_write
-from paraformer.data.base import ImageDataset
+from paraformer.atomic import WriteError, atomic_write
+from paraformer.data.base import ImageDataset, Log, quiet
 
 FORMAT_VERSION = 1
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
@@ -47,7 +46,7 @@ def make_key(kind: str, source: Path, stats: list[tuple[str, int, int]]) -> str:
     return f"{kind}-{hashlib.sha256(blob).hexdigest()[:20]}"
 
 
-def load(key: str) -> tuple[ImageDataset, ImageDataset, list[str]] | None:
+def load(key: str, log: Log = quiet) -> tuple[ImageDataset, ImageDataset, list[str]] | None:
     """The cached (train, test, notes) for ``key``, or ``None`` if absent, disabled or damaged."""
     root = cache_root()
     if root is None or not (root / key / "meta.json").is_file():
@@ -75,11 +74,18 @@ def load(key: str) -> tuple[ImageDataset, ImageDataset, list[str]] | None:
             splits.append(ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), classes))
         return splits[0], splits[1], [str(n) for n in meta.get("notes", [])]
     except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
-        print(f"note: ignoring damaged cache entry {folder} ({exc}); decoding again", file=sys.stderr)
+        log(f"note: ignoring damaged cache entry {folder} ({exc}); decoding again")
         return None
 
 
-def save(key: str, train: ImageDataset, test: ImageDataset, source: str, notes: Sequence[str] = ()) -> None:
+def save(
+    key: str,
+    train: ImageDataset,
+    test: ImageDataset,
+    source: str,
+    notes: Sequence[str] = (),
+    log: Log = quiet,
+) -> None:
     """Store (train, test) and the loader's notes under ``key``; failing to write only prints a note."""
     root = cache_root()
     if root is None:
@@ -98,8 +104,8 @@ def save(key: str, train: ImageDataset, test: ImageDataset, source: str, notes: 
         meta = {"version": FORMAT_VERSION, "source": source, "classes": list(train.classes)}
         meta.update(sizes=sizes, notes=list(notes))
         atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
-    except OSError as exc:
-        print(f"note: cannot write the decoded-data cache in {folder} ({exc})", file=sys.stderr)
+    except (OSError, WriteError) as exc:
+        log(f"note: cannot write the decoded-data cache in {folder} ({exc})")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 
 from paraformer.data import cache
 from paraformer.data import download as dl
-from paraformer.data.base import DataSplits, ImageDataset
+from paraformer.data.base import DataSplits, ImageDataset, Log, quiet
 from paraformer.data.cifar import CIFAR10, CIFAR100, CifarLayout, read_cifar
 from paraformer.data.idx import read_idx
 from paraformer.data.imagefolder import load_imagefolder
@@ -174,32 +173,36 @@ def _find_cifar10_jpeg(root: Path) -> Path | None:
     return None
 
 
-def _cached_cifar(source: Path, layout: CifarLayout) -> tuple[ImageDataset, ImageDataset]:
+def _cached_cifar(source: Path, layout: CifarLayout, log: Log) -> tuple[ImageDataset, ImageDataset]:
     files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
     try:
         key = cache.make_key(layout.name, source, cache.file_stats(files))
     except OSError:
         key = None
-    hit = cache.load(key) if key else None
+    hit = cache.load(key, log) if key else None
     if hit is not None:
         return hit[0], hit[1]
     train, test = read_cifar(source, layout)
     if key:
-        cache.save(key, train, test, source=str(source.resolve()))
+        cache.save(key, train, test, source=str(source.resolve()), log=log)
     return train, test
 
 
 def _load_cifar(
-    root: Path, layout: CifarLayout, download_ok: bool, progress: bool, max_per_class: int | None = None
+    root: Path,
+    layout: CifarLayout,
+    download_ok: bool,
+    progress: bool,
+    log: Log,
+    max_per_class: int | None = None,
 ) -> DataSplits:
     source = _find_cifar(root, layout)
     if source is None and layout is CIFAR10 and (jpeg := _find_cifar10_jpeg(root)) is not None:
-        print(
+        log(
             f"note: cifar10 from {jpeg}, the JPEG re-encoded copy (pixels differ slightly from the "
-            "official batches)",
-            file=sys.stderr,
+            "official batches)"
         )
-        train, test = load_imagefolder(jpeg, progress=progress, _max_per_class=max_per_class)
+        train, test = load_imagefolder(jpeg, progress=progress, log=log, _max_per_class=max_per_class)
         if train.num_classes != layout.num_classes:
             raise DataError(f"cifar10: {jpeg} has {train.num_classes} class folders, expected 10.")
         return DataSplits(layout.name, train, test, natural_images=True)
@@ -211,14 +214,16 @@ def _load_cifar(
     if source is None:
         expected = f"{layout.folder}/ or {layout.archive}"
         raise _missing(layout.name, str(root), expected, dl.CIFAR_URL + layout.archive, root, failure)
-    train, test = _cached_cifar(source, layout)
+    train, test = _cached_cifar(source, layout, log)
     return DataSplits(layout.name, train, test, natural_images=True)
 
 
 # ---------------------------------------------------------------------------- entry point
 
 
-def _load_imagefolder(spec: str, root: Path, progress: bool, max_per_class: int | None) -> DataSplits:
+def _load_imagefolder(
+    spec: str, root: Path, progress: bool, log: Log, max_per_class: int | None
+) -> DataSplits:
     if not spec:
         raise DataError(
             "imagefolder: no path given; use imagefolder:PATH with a folder or .tar.gz of images."
@@ -228,7 +233,7 @@ def _load_imagefolder(spec: str, root: Path, progress: bool, max_per_class: int 
         path = root / path
     if not path.exists():
         raise DataError(f"imagefolder: {path} does not exist; pass a folder or .tar.gz of class folders.")
-    train, test = load_imagefolder(path, progress=progress, _max_per_class=max_per_class)
+    train, test = load_imagefolder(path, progress=progress, log=log, _max_per_class=max_per_class)
     return DataSplits(f"imagefolder:{path}", train, test, natural_images=True)
 
 
@@ -238,6 +243,7 @@ def load_dataset(
     *,
     download: bool = True,
     progress: bool = True,
+    log: Log = quiet,
     _max_per_class: int | None = None,
 ) -> DataSplits:
     """Load a named data set's train and test splits as uint8 tensors.
@@ -246,7 +252,8 @@ def load_dataset(
     ``data_dir`` (default ``$PARAFORMER_DATA_DIR`` or ``~/.cache/paraformer/data``) and,
     when missing and ``download`` is true (and ``$PARAFORMER_OFFLINE`` is not set), fetched
     from the official site. Any missing, truncated or corrupt file raises ``DataError``
-    with a one-line explanation.
+    with a one-line explanation. Notes (a re-encoded copy, resized images, a damaged
+    cache entry) go to ``log``, which prints nothing by default.
     ``_max_per_class`` (tests only) decodes just a few images per class of an image folder
     (``imagefolder:`` or the JPEG copy of CIFAR-10).
     """
@@ -258,18 +265,36 @@ def load_dataset(
         key = _ALIASES.get(name.strip().lower(), name.strip().lower())
     try:
         if key == "embedded":
-            return _load_embedded()
-        if key == "fashion-mnist":
-            return _load_fashion_mnist(root, download, progress)
-        if key in ("cifar10", "cifar100"):
+            splits = _load_embedded()
+        elif key == "fashion-mnist":
+            splits = _load_fashion_mnist(root, download, progress)
+        elif key in ("cifar10", "cifar100"):
             layout = CIFAR10 if key == "cifar10" else CIFAR100
-            return _load_cifar(root, layout, download, progress, _max_per_class)
-        if key == "imagefolder":
-            return _load_imagefolder(name[len(IMAGEFOLDER_PREFIX) :], root, progress, _max_per_class)
+            splits = _load_cifar(root, layout, download, progress, log, _max_per_class)
+        elif key == "imagefolder":
+            splits = _load_imagefolder(name[len(IMAGEFOLDER_PREFIX) :], root, progress, log, _max_per_class)
+        else:
+            valid = ", ".join(DATASET_NAMES)
+            raise DataError(f"unknown dataset {name!r}; choose one of {valid}, or imagefolder:PATH.")
     except DataError:
         raise
     except _READ_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{name}: cannot load the data in {root}: {reason}") from None
-    valid = ", ".join(DATASET_NAMES)
-    raise DataError(f"unknown dataset {name!r}; choose one of {valid}, or imagefolder:PATH.")
+    check_usable(splits)
+    return splits
+
+
+def check_usable(splits: DataSplits) -> None:
+    """A classifier needs two classes or more and images in both the train and test splits."""
+    present = int(splits.train.labels.unique().numel()) if len(splits.train) else 0
+    if present < 2:
+        raise DataError(
+            f"{splits.name}: the training split has images of {present} class(es); a classifier "
+            "needs at least 2 (one folder of images per class)."
+        )
+    if len(splits.test) == 0:
+        raise DataError(
+            f"{splits.name}: the test split has no images; add a test/ folder, or give each class at "
+            "least 2 images so that 10% can be held out."
+        )

@@ -7,10 +7,11 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from paraformer.atomic import atomic_write
+from paraformer.atomic import WriteError, atomic_write
 from paraformer.errors import DataError
 
 CONNECT_TIMEOUT_S = 10.0
@@ -45,7 +46,11 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> None:
 
     def download(tmp: Path) -> None:
         digest = hashlib.md5()
-        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S) as resp:
+        try:
+            resp = urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, ValueError) as exc:  # URLError and socket timeouts are OSErrors
+            raise DataError(f"cannot download {url}: {_reason(exc)}") from None
+        with open(tmp, "wb") as out, resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             bar = tqdm(
                 total=total,
@@ -57,7 +62,7 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> None:
                 leave=False,
             )
             with bar:
-                while chunk := resp.read(1 << 20):
+                while chunk := _read(resp, url):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
@@ -66,9 +71,14 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True) -> None:
 
     try:
         atomic_write(dest, download)
-    except DataError:
-        raise
-    except (OSError, ValueError) as exc:  # URLError and socket timeouts are OSErrors
+    except WriteError as exc:
+        raise DataError(f"cannot download {url}: {exc}") from None
+
+
+def _read(resp: Any, url: str) -> bytes:
+    try:
+        return resp.read(1 << 20)
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot download {url}: {_reason(exc)}") from None
 
 

@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from paraformer.data import cache
-from paraformer.data.base import ImageDataset
+from paraformer.data.base import ImageDataset, Log, quiet
 from paraformer.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -48,7 +48,6 @@ _DECODE_ERRORS = (
     UnidentifiedImageError,
     Image.DecompressionBombError,
 )
-_printed: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,6 @@ class _Entry:
 
 def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(TAR_SUFFIXES)
-
-
-def _note_once(message: str) -> None:
-    if message not in _printed:
-        _printed.add(message)
-        print(message, file=sys.stderr)
 
 
 def _wanted(parts: tuple[str, ...]) -> bool:
@@ -161,6 +154,8 @@ def _decode(entry: _Entry) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except _DECODE_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, UnidentifiedImageError) or "<_io." in reason:
+            reason = "not an image file PIL can read"  # PIL's message names a BytesIO, not the file
         raise DataError(f"cannot decode image {entry.where}: {reason}; remove or replace the file.") from None
 
 
@@ -222,6 +217,7 @@ def load_imagefolder(
     *,
     progress: bool = True,
     use_cache: bool = True,
+    log: Log = quiet,
     _max_per_class: int | None = None,
 ) -> tuple[ImageDataset, ImageDataset]:
     """(train, test) from an ImageFolder folder or tar archive; decoded arrays are cached.
@@ -242,10 +238,10 @@ def load_imagefolder(
             key = cache.make_key("imagefolder", source, cache.file_stats([source] if archive else files))
         except OSError:
             key = None
-        hit = cache.load(key) if key else None
+        hit = cache.load(key, log) if key else None
         if hit is not None:
             for note in hit[2]:
-                _note_once(note)
+                log(note)
             return hit[0], hit[1]
     entries = _tar_entries(source) if archive else _folder_entries(source, files)
     train, test = _layout(entries, source)
@@ -256,7 +252,7 @@ def load_imagefolder(
             f"note: {source} has no train/ and test/ folders; holding out a stratified "
             f"{HOLDOUT_FRACTION:.0%} of each class as the test split"
         )
-        _note_once(notes[-1])
+        log(notes[-1])
     if _max_per_class is not None:
         train = {c: f[:_max_per_class] for c, f in train.items()}
         test = {c: f[:_max_per_class] for c, f in test.items()}
@@ -264,7 +260,7 @@ def load_imagefolder(
     train_ds, test_ds, note = _decode_splits(train, test, classes, source, progress)
     if note is not None:
         notes.append(note)
-        _note_once(note)
+        log(note)
     if key is not None:
-        cache.save(key, train_ds, test_ds, source=str(source.resolve()), notes=notes)
+        cache.save(key, train_ds, test_ds, source=str(source.resolve()), notes=notes, log=log)
     return train_ds, test_ds

@@ -1,20 +1,48 @@
-"""Model families. Each is built from its config; ``build_model`` picks the class."""
+"""Model families. Each is built from its config; ``build_model`` picks the class by family."""
 
 from __future__ import annotations
 
-from paraformer.config import ImageModelConfig, ParaFormerConfig, ViTConfig
+from torch import nn
+
+from paraformer.config import ModelConfig
 from paraformer.errors import ConfigError
 from paraformer.models.base import ImageClassifier
+from paraformer.models.branches import (
+    Branched,
+    BranchStack,
+    append_branches,
+    is_branched,
+    require_branched,
+    select_branches,
+)
 from paraformer.models.paraformer import ParaFormer
 from paraformer.models.vit import ViT
 
-__all__ = ["ImageClassifier", "ParaFormer", "ViT", "build_model"]
+__all__ = [
+    "Branched",
+    "BranchStack",
+    "ImageClassifier",
+    "ParaFormer",
+    "ViT",
+    "append_branches",
+    "build_model",
+    "is_branched",
+    "register_model",
+    "require_branched",
+    "select_branches",
+]
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"vit": ViT, "paraformer": ParaFormer}
 
 
-def build_model(cfg: ImageModelConfig) -> ImageClassifier:
+def register_model(family: str, cls: type[nn.Module]) -> None:
+    """Make ``build_model`` build ``cls`` for configs of ``family``."""
+    MODEL_CLASSES[family] = cls
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
     """Instantiate the model described by ``cfg``."""
-    if isinstance(cfg, ParaFormerConfig):
-        return ParaFormer(cfg)
-    if isinstance(cfg, ViTConfig):
-        return ViT(cfg)
-    raise ConfigError(f"no model class for config type {type(cfg).__name__}.")
+    cls = MODEL_CLASSES.get(getattr(cfg, "family", ""))
+    if cls is None:
+        raise ConfigError(f"no model class for config type {type(cfg).__name__}.")
+    return cls(cfg)

@@ -8,15 +8,11 @@ prefix a good classifier, which is what compression and expansion rely on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import nn
 
 from paraformer.config import ParaFormerConfig
-from paraformer.errors import ConfigError
-from paraformer.layers import Block
-from paraformer.models.base import BranchSelection, ImageClassifier
+from paraformer.models.base import ImageClassifier
+from paraformer.models.branches import Branch, BranchSelection, BranchStack
 
 
 class ParaFormer(ImageClassifier):
@@ -24,43 +20,22 @@ class ParaFormer(ImageClassifier):
 
     def __init__(self, cfg: ParaFormerConfig) -> None:
         super().__init__(cfg)
-        self.branches = nn.ModuleList(
-            nn.Sequential(*(Block(cfg) for _ in range(cfg.branch_depth))) for _ in range(cfg.num_branches)
+        gated = set(cfg.gated_branches)
+        self.branches = BranchStack(
+            Branch((self.make_block() for _ in range(cfg.branch_depth)), gated=i in gated)
+            for i in range(cfg.num_branches)
         )
 
     @property
     def num_branches(self) -> int:
-        return len(self.branches)
-
-    def branch_indices(self, branches: BranchSelection = None) -> list[int]:
-        """Resolve ``None`` (all), ``k`` (the first k) or explicit indices to a list."""
-        n = self.num_branches
-        if branches is None:
-            return list(range(n))
-        if isinstance(branches, int) and not isinstance(branches, bool):
-            if not 1 <= branches <= n:
-                raise ConfigError(f"branches={branches} is out of range: this model has {n} branch(es).")
-            return list(range(branches))
-        if isinstance(branches, Sequence) and len(branches) > 0:
-            indices = [int(i) for i in branches]
-            if len(set(indices)) != len(indices) or not all(0 <= i < n for i in indices):
-                raise ConfigError(f"branch indices {indices} must be distinct and in [0, {n - 1}].")
-            return indices
-        raise ConfigError(
-            f"branches must be None, a count k, or a non-empty list of indices; got {branches!r}."
-        )
-
-    def branch_outputs(self, tokens: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
-        """(B, T, D) tokens -> (K, B, T, D), the output of each selected branch."""
-        return torch.stack([self.branches[i](tokens) for i in self.branch_indices(branches)])
+        return self.branches.num_branches
 
     def forward_tokens(self, tokens: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
-        return self.branch_outputs(tokens, branches).sum(dim=0)  # (B, T, D)
+        return self.branches(tokens, branches)  # (B, T, D)
 
-    def prefix_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (N, B, classes): logits of every prefix 1..N from one pass."""
-        outputs = self.branch_outputs(self.embed(x))  # (N, B, T, D)
-        if self.cfg.pool == "cls":
-            outputs = outputs[:, :, :1]  # (N, B, 1, D): the head reads only the class token
-        prefix_sums = outputs.cumsum(dim=0)  # (N, B, T or 1, D)
-        return self.head(prefix_sums)  # (N, B, classes)
+    def prefix_logits(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, C, H, W) -> (N - start, B, classes): logits of prefixes start+1..N from one pass."""
+        # The class-token head reads one token: sum only that one across prefixes.
+        readout = (lambda t: t[:, :1]) if self.head.reads_class_token_only() else None
+        sums = self.branches.prefix_sums(self.embed(x), start=start, readout=readout)  # (K, B, T|1, D)
+        return self.head(sums)  # (K, B, classes)

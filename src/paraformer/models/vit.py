@@ -7,8 +7,8 @@ from torch import nn
 
 from paraformer.config import ViTConfig
 from paraformer.errors import ConfigError
-from paraformer.layers import Block
-from paraformer.models.base import BranchSelection, ImageClassifier
+from paraformer.models.base import ImageClassifier
+from paraformer.models.branches import BranchSelection
 
 
 class ViT(ImageClassifier):
@@ -16,7 +16,7 @@ class ViT(ImageClassifier):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__(cfg)
-        self.blocks = nn.Sequential(*(Block(cfg) for _ in range(cfg.depth)))
+        self.blocks = nn.Sequential(*(self.make_block() for _ in range(cfg.depth)))
 
     def forward_tokens(self, tokens: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
         if branches is not None:

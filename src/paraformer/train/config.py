@@ -1,61 +1,84 @@
-"""The training configuration: one validated, JSON-serialisable dataclass."""
+"""Training configurations: frozen, validated, JSON-serialisable dataclasses.
+
+``LoopConfig`` holds what any training run needs (length, optimiser, precision,
+device, checkpoints); ``TrainConfig`` adds the image data. Each field's ``help`` text
+is the one place it is documented: the CLI generates its flags from these fields.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from paraformer.config import require
 from paraformer.data.augment import MAX_MAGNITUDE
 from paraformer.errors import ConfigError
+from paraformer.fields import check_fields, from_mapping
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 MODES = ("fused", "progressive", "joint")
 PREFIX_WEIGHTS = ("uniform", "linear")
 OPTIMIZERS = ("adamw", "adam")
+MAX_BATCH = 1 << 20
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run needs besides the data files; saved as ``config.json["train"]``."""
+def option(
+    default: Any, help: str, *, cli: bool = True, choices: tuple[str, ...] = (), metavar: str = ""
+) -> Any:
+    """A config field with its help text; ``cli=False`` keeps it out of the generated flags."""
+    meta = {"help": help, "cli": cli, "choices": choices, "metavar": metavar}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
-    model: str = "paraformer_tiny_fmnist"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "embedded"
-    data_dir: str | None = None
-    # ParaFormer schedule: "progressive" (the authors' loop), "fused" (all prefix losses
-    # in one backward) or "joint" (one loss on the sum). ViTs always train normally.
-    mode: str = "fused"
-    prefix_weights: str = "uniform"
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.0
-    bf16: bool = False
-    strong_augment: bool = False
-    strong_ops: int = 2  # RandAugment N: operations per image
-    strong_magnitude: int = 9  # RandAugment M, 0-30 (the ParaFormer authors use 14)
-    crop_padding: int | None = None  # None: an eighth of the input for natural images, else a 16th
-    seed: int = 0
-    val_fraction: float = 0.1
-    limit_train: int | None = None
-    eval_batch_size: int = 500
-    device: str = "auto"
-    save_every_minutes: float = 5.0
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Settings of the training loop itself, whatever the task."""
+
+    model: str | None = option(None, "model preset (default: the preset that fits the data; see list-models)")
+    model_overrides: dict[str, Any] = option(
+        {}, "model config fields to change, e.g. {'num_branches': 8} (--set FIELD=VALUE)", cli=False
+    )
+    mode: str = option(
+        "fused",
+        "ParaFormer schedule: fused (all prefix losses, one backward), progressive (the authors' "
+        "step per prefix, then a full pass) or joint (one loss on the sum); ViTs train normally",
+        choices=MODES,
+    )
+    prefix_weights: str = option(
+        "uniform", "weights of the prefix losses in fused mode", choices=PREFIX_WEIGHTS
+    )
+    epochs: int = option(10, "number of epochs (passes over the training split)")
+    max_steps: int | None = option(
+        None, "stop after this many optimizer steps instead (the schedule spans them)", metavar="N"
+    )
+    batch_size: int = option(128, "training batch size")
+    optimizer: str = option("adamw", "optimizer", choices=OPTIMIZERS)
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(0.05, "weight decay (not on norms, biases, embeddings)")
+    warmup_epochs: float = option(1.0, "linear warmup length in epochs, then cosine decay")
+    min_lr_ratio: float = option(0.01, "final learning rate as a fraction of the peak")
+    grad_clip: float = option(1.0, "max gradient norm, 0 = off")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    bf16: bool = option(False, "bfloat16 autocast (CUDA, and CPUs with native bf16)")
+    compile: bool = option(False, "torch.compile the model (slower start, faster steps where it helps)")
+    seed: int = option(0, "random seed; runs are deterministic per seed")
+    eval_every: int = option(
+        0, "also evaluate on the test split every N epochs (default 0: only at the end)", metavar="N"
+    )
+    eval_batch_size: int = option(500, "batch size of evaluation")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    save_every_minutes: float = option(5.0, "also checkpoint mid-epoch this often")
 
     def __post_init__(self) -> None:
-        def require(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(message)
-
+        check_fields(self)
+        object.__setattr__(self, "model_overrides", MappingProxyType(dict(self.model_overrides)))
         require(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}.")
         require(
             self.prefix_weights in PREFIX_WEIGHTS,
@@ -66,58 +89,74 @@ class TrainConfig:
         )
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1, f"{name} must be an integer >= 1, got {value!r}.")
-        require(_finite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr!r}.")
+            require(1 <= value <= MAX_BATCH, f"{name} must be an integer in 1..{MAX_BATCH}, got {value!r}.")
+        require(
+            self.max_steps is None or self.max_steps >= 1,
+            f"max_steps must be an integer >= 1, got {self.max_steps!r}.",
+        )
+        require(self.eval_every >= 0, f"eval_every must be an integer >= 0, got {self.eval_every!r}.")
+        require(0 <= self.seed < 2**63, f"seed must be in 0..2**63-1, got {self.seed!r}.")
+        require(self.lr > 0, f"lr must be a positive number, got {self.lr!r}.")
         for name in ("weight_decay", "warmup_epochs", "grad_clip", "save_every_minutes"):
             value = getattr(self, name)
-            require(_finite(value) and value >= 0, f"{name} must be a number >= 0, got {value!r}.")
+            require(value >= 0, f"{name} must be a number >= 0, got {value!r}.")
         require(
-            _finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-            f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}.",
+            0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}."
         )
+        require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}.")
+        from paraformer.train.devices import check_device_name
+
+        check_device_name(self.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v
+            for f in dataclasses.fields(self)
+        }
+
+    def replace(self, **changes: Any) -> LoopConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Any, what: str = "training config") -> Any:
+        return from_mapping(cls, data, what)
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """Everything an image-classification run needs besides the data files; ``config.json["train"]``."""
+
+    dataset: str = option(
+        "embedded",
+        "embedded (default, no files needed), fashion-mnist, cifar10, cifar100 or imagefolder:PATH",
+    )
+    data_dir: str | None = option(None, "folder holding the dataset files (default $PARAFORMER_DATA_DIR)")
+    val_fraction: float = option(0.1, "fraction of the training images held out for validation (0: none)")
+    limit_train: int | None = option(None, "use only N training images (class-balanced)", metavar="N")
+    strong_augment: bool = option(False, "add a RandAugment-style policy")
+    strong_ops: int = option(2, "RandAugment N, operations per image")
+    strong_magnitude: int = option(9, f"RandAugment M, 0-{MAX_MAGNITUDE} (the ParaFormer authors use 14)")
+    crop_padding: int | None = option(
+        None, "random-crop padding in pixels, 0 = off (default: input/8 for natural images, else input/16)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction!r}.")
         require(
-            _finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
-            f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}.",
-        )
-        require(
-            _finite(self.val_fraction) and 0 <= self.val_fraction < 1,
-            f"val_fraction must be in [0, 1), got {self.val_fraction!r}.",
-        )
-        require(
-            self.limit_train is None or (isinstance(self.limit_train, int) and self.limit_train >= 1),
+            self.limit_train is None or self.limit_train >= 1,
             f"limit_train must be a positive integer, got {self.limit_train!r}.",
         )
+        require(self.strong_ops >= 0, f"strong_ops must be an integer >= 0, got {self.strong_ops!r}.")
         require(
-            isinstance(self.strong_ops, int) and self.strong_ops >= 0,
-            f"strong_ops must be an integer >= 0, got {self.strong_ops!r}.",
-        )
-        require(
-            isinstance(self.strong_magnitude, int) and 0 <= self.strong_magnitude <= MAX_MAGNITUDE,
+            0 <= self.strong_magnitude <= MAX_MAGNITUDE,
             f"strong_magnitude must be an integer in 0..{MAX_MAGNITUDE}, got {self.strong_magnitude!r}.",
         )
         require(
-            self.crop_padding is None or (isinstance(self.crop_padding, int) and self.crop_padding >= 0),
+            self.crop_padding is None or self.crop_padding >= 0,
             f"crop_padding must be an integer >= 0 (0 turns random crops off), got {self.crop_padding!r}.",
         )
-        require(
-            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-            f"device must be auto, cpu, cuda[:N] or mps, got {self.device!r}.",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown training config field(s) {unknown}; known fields: {sorted(known)}.")
-        return cls(**data)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        require(bool(self.dataset.strip()), "dataset must not be empty; see `paraformer train --help`.")
 
 
 def list_recipes() -> list[str]:
@@ -125,11 +164,12 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
 
 
-def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
-    """Training settings from a JSON file or a shipped recipe name, as a dict of TrainConfig fields.
+def load_recipe(name_or_path: str | Path, cls: type[LoopConfig] = TrainConfig) -> dict[str, Any]:
+    """Training settings from a JSON file or a shipped recipe name, as a dict of config fields.
 
     A run's ``config.json`` works too: its ``"train"`` section is used. Keys starting
-    with ``_`` are comments and are dropped.
+    with ``_`` are comments and are dropped. The settings are validated here, so a bad
+    field fails naming the file.
     """
     path = Path(name_or_path).expanduser()
     if not path.is_file():
@@ -149,5 +189,8 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object of training settings.")
     data = {k: v for k, v in data.items() if not k.startswith("_")}
-    TrainConfig.from_dict(data)  # fails here, naming the file's bad field
+    try:
+        cls.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     return data

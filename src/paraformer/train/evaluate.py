@@ -1,18 +1,20 @@
-"""Accuracy and loss of a model on a dataset, optionally for every branch prefix."""
+"""Accuracy and loss of an image model on a dataset, optionally for every branch prefix."""
 
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from paraformer.data import BatchTransform, ImageDataset
-from paraformer.models import ImageClassifier, ParaFormer
-from paraformer.models.base import BranchSelection
+from paraformer.errors import DataError
+from paraformer.models import is_branched
+from paraformer.models.branches import BranchSelection
+from paraformer.train.devices import autocast
 
 
 @dataclass
@@ -20,13 +22,22 @@ class EvalResult:
     accuracy: float
     loss: float
     num_samples: int
-    # For a ParaFormer evaluated with prefixes=True: accuracy of branches 1..k, k = 1..N.
+    # For a branched model evaluated with prefixes=True: accuracy of branches 1..k, k = 1..N.
     prefix_accuracy: list[float] = field(default_factory=list)
+    prefix_loss: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float | list[float]]:
+        """Named figures for a metrics record (prefix lists only when computed)."""
+        out: dict[str, float | list[float]] = {"acc": self.accuracy, "loss": self.loss}
+        if self.prefix_accuracy:
+            out["acc_prefix"] = self.prefix_accuracy
+            out["loss_prefix"] = self.prefix_loss
+        return out
 
 
 @torch.no_grad()
 def evaluate(
-    model: ImageClassifier,
+    model: nn.Module,
     dataset: ImageDataset,
     transform: BatchTransform,
     *,
@@ -39,26 +50,33 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate on ``dataset``; with ``prefixes`` also every prefix from the same pass."""
     if len(dataset) == 0:
-        return EvalResult(float("nan"), float("nan"), 0)
+        raise DataError(f"cannot evaluate on the {desc} split: it has no images.")
     device = next(model.parameters()).device
-    use_prefixes = prefixes and isinstance(model, ParaFormer) and branches is None
+    use_prefixes = prefixes and is_branched(model) and branches is None
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     correct = torch.zeros((), dtype=torch.long)
-    prefix_correct: torch.Tensor | None = None
+    prefix_correct = prefix_loss = None
     loss_sum = 0.0
     bar = tqdm(total=len(dataset), desc=desc, unit="img", leave=False, file=sys.stderr, disable=not progress)
     try:
         for start in range(0, len(dataset), batch_size):
-            images = dataset.images[start : start + batch_size].to(device)
-            labels = dataset.labels[start : start + batch_size].to(device)
+            images = dataset.images[start : start + batch_size].to(device, non_blocking=True)
+            labels = dataset.labels[start : start + batch_size].to(device, non_blocking=True)
             x = transform(images, train=False)
-            with autocast:
+            with autocast(device, bf16):
                 if use_prefixes:
                     all_logits = model.prefix_logits(x).float()  # (N, B, classes)
+                    n, b, c = all_logits.shape
+                    losses = (
+                        F.cross_entropy(all_logits.reshape(n * b, c), labels.repeat(n), reduction="none")
+                        .view(n, b)
+                        .sum(dim=1)
+                        .cpu()
+                    )  # (N,)
                     hits = (all_logits.argmax(-1) == labels).sum(dim=1).cpu()  # (N,)
                     prefix_correct = hits if prefix_correct is None else prefix_correct + hits
+                    prefix_loss = losses if prefix_loss is None else prefix_loss + losses
                     logits = all_logits[-1]
                 else:
                     logits = model(x, branches=branches).float()
@@ -69,5 +87,8 @@ def evaluate(
         bar.close()
         model.train(was_training)
     n = len(dataset)
-    prefix_acc = [] if prefix_correct is None else [c / n for c in prefix_correct.tolist()]
-    return EvalResult(correct.item() / n, loss_sum / n, n, prefix_acc)
+    result = EvalResult(correct.item() / n, loss_sum / n, n)
+    if prefix_correct is not None and prefix_loss is not None:
+        result.prefix_accuracy = [c / n for c in prefix_correct.tolist()]
+        result.prefix_loss = [v / n for v in prefix_loss.tolist()]
+    return result

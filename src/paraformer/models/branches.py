@@ -1,0 +1,200 @@
+"""The branch stack: N parallel branches that read the same input and are summed.
+
+``BranchStack`` is the one place that knows how branches run: the outputs of a
+selection of branches, their sum, the prefix sums of all branches from one pass, and
+the partial sum of a contiguous group (what one rank computes in branch parallelism).
+Models built on it (``Branched``) expose ``num_branches`` and ``prefix_logits``; the
+training loop, compression, expansion and parallelism ask that protocol, never a class.
+
+Surgery is pure: ``select_branches`` and ``append_branches`` return a new model and
+leave the given one untouched. Parameters are named ``branches.<i>.<...>`` in every
+model, so checkpoints keep one format whatever the surgery or execution path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from paraformer.errors import ConfigError
+
+BranchSelection = int | Sequence[int] | None
+BRANCH_KEY = re.compile(r"^branches\.(\d+)\.(.+)$")
+
+
+class Branch(nn.Sequential):
+    """One branch: its blocks in sequence, optionally scaled by a learned ``gate``.
+
+    A gate starts at 0, so a newly added branch contributes nothing until it learns to.
+    """
+
+    def __init__(self, blocks: Iterable[nn.Module], gated: bool = False) -> None:
+        super().__init__(*blocks)
+        self.gate = nn.Parameter(torch.zeros(())) if gated else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = block(x)
+        return x if self.gate is None else x * self.gate
+
+
+class BranchStack(nn.ModuleList):
+    """Branches ``0..N-1`` reading the same tokens ``(B, T, D)``; their sum is the model body."""
+
+    @property
+    def num_branches(self) -> int:
+        return len(self)
+
+    def resolve(self, selection: BranchSelection = None) -> list[int]:
+        """``None`` (all), ``k`` (the first k) or explicit distinct indices, as a list."""
+        n = len(self)
+        if selection is None:
+            return list(range(n))
+        if isinstance(selection, int) and not isinstance(selection, bool):
+            if not 1 <= selection <= n:
+                raise ConfigError(f"branches={selection} is out of range: this model has {n} branch(es).")
+            return list(range(selection))
+        if isinstance(selection, Sequence) and not isinstance(selection, str) and len(selection) > 0:
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in selection):
+                raise ConfigError(f"branch indices must be integers, got {list(selection)!r}.")
+            indices = list(selection)
+            if len(set(indices)) != len(indices) or not all(0 <= i < n for i in indices):
+                raise ConfigError(f"branch indices {indices} must be distinct and in [0, {n - 1}].")
+            return indices
+        raise ConfigError(
+            f"branches must be None, a count k, or a non-empty list of indices; got {selection!r}."
+        )
+
+    def run(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The output of each branch in ``indices``; the only place branches are executed."""
+        return [self[i](x) for i in indices]
+
+    def outputs(self, x: torch.Tensor, selection: BranchSelection = None) -> torch.Tensor:
+        """(B, T, D) -> (K, B, T, D): the output of each selected branch."""
+        return torch.stack(self.run(x, self.resolve(selection)))
+
+    def forward(self, x: torch.Tensor, selection: BranchSelection = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): the sum of the selected branches."""
+        return _sum(self.run(x, self.resolve(selection)))
+
+    def group_sum(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): the partial sum of branches ``start..stop-1``."""
+        if not 0 <= start < stop <= len(self):
+            raise ConfigError(f"branch group [{start}, {stop}) is not inside [0, {len(self)}).")
+        return _sum(self.run(x, range(start, stop)))
+
+    def prefix_sums(
+        self,
+        x: torch.Tensor,
+        *,
+        start: int = 0,
+        readout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Sums of branches ``0..k-1`` for every ``k`` in ``start+1..N``, from one pass.
+
+        ``readout`` picks what each output contributes (for example only the class
+        token) before summing. Returns ``(N - start, B, ...)``.
+        """
+        if not 0 <= start < len(self):
+            raise ConfigError(f"prefix start {start} must be in [0, {len(self) - 1}].")
+        read = readout or (lambda t: t)
+        outs = [read(o) for o in self.run(x, range(len(self)))]
+        sums = torch.stack(outs[start:]).cumsum(dim=0)  # (N - start, B, ...)
+        if start:
+            sums = sums + _sum(outs[:start])
+        return sums
+
+
+def _sum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
+@runtime_checkable
+class Branched(Protocol):
+    """A model whose body is a ``BranchStack``: what training, surgery and parallelism ask."""
+
+    cfg: Any
+    branches: BranchStack
+
+    @property
+    def num_branches(self) -> int: ...
+
+    def prefix_logits(self, x: torch.Tensor, start: int = 0) -> torch.Tensor: ...
+
+
+def is_branched(model: nn.Module) -> bool:
+    """Whether ``model`` is made of parallel branches (and so has prefixes to train)."""
+    return isinstance(model, Branched)
+
+
+def require_branched(model: nn.Module, what: str) -> Branched:
+    if not isinstance(model, Branched):
+        family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
+        raise ConfigError(f"{what} needs a model made of parallel branches (a ParaFormer); got a {family}.")
+    return model
+
+
+# ---------------------------------------------------------------------------- pure surgery
+
+
+def select_branches(model: nn.Module, selection: BranchSelection) -> nn.Module:
+    """A new model holding only the selected branches, in the given order.
+
+    Embedding, head and everything else are copied unchanged, so the new model's
+    logits equal ``model(x, branches=selection)``. ``model`` is not modified.
+    """
+    from paraformer.models import build_model  # models/__init__ imports this module
+
+    model = require_branched(model, "selecting branches")
+    indices = model.branches.resolve(selection)
+    gated = set(model.cfg.gated_branches)
+    cfg = model.cfg.replace(
+        num_branches=len(indices),
+        gated_branches=tuple(new for new, old in enumerate(indices) if old in gated),
+    )
+    state = {}
+    for key, value in model.state_dict().items():
+        match = BRANCH_KEY.match(key)
+        if match is None:
+            state[key] = value.clone()
+        elif int(match.group(1)) in indices:
+            state[f"branches.{indices.index(int(match.group(1)))}.{match.group(2)}"] = value.clone()
+    return _rebuilt(build_model(cfg), state, model)
+
+
+def append_branches(model: nn.Module, count: int, *, seed: int | None = None) -> nn.Module:
+    """A new model with ``count`` freshly initialised, gated branches after the existing ones.
+
+    The new branches' gates start at 0, so the new model's output equals the old one's
+    until they are trained. ``model`` is not modified.
+    """
+    from paraformer.models import build_model
+
+    model = require_branched(model, "adding branches")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"the number of branches to add must be an integer >= 1, got {count!r}.")
+    n = model.num_branches
+    cfg = model.cfg.replace(
+        num_branches=n + count,
+        gated_branches=tuple(model.cfg.gated_branches) + tuple(range(n, n + count)),
+    )
+    with torch.random.fork_rng(devices=[]):  # seeding here must not disturb the caller's RNG
+        if seed is not None:
+            torch.manual_seed(seed)
+        new = build_model(cfg)
+    state = new.state_dict()
+    state.update({k: v.clone() for k, v in model.state_dict().items()})
+    return _rebuilt(new, state, model)
+
+
+def _rebuilt(new: nn.Module, state: dict[str, torch.Tensor], old: nn.Module) -> nn.Module:
+    new.load_state_dict(state)
+    param = next(old.parameters())
+    return new.to(param.device).train(old.training)

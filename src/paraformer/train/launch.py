@@ -1,0 +1,89 @@
+"""Starting and resuming runs: ``train(cfg, out_dir)`` and ``resume(out_dir)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from paraformer.checkpoint import load_train_state
+from paraformer.errors import ConfigError
+from paraformer.train.checkpointing import prepare_out_dir, read_run
+from paraformer.train.config import TrainConfig
+from paraformer.train.hooks import Hook
+from paraformer.train.loop import Trainer
+from paraformer.train.setup import prepare
+
+Log = Callable[[str], None]
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    log: Log = print,
+    progress: bool = True,
+    hooks: Sequence[Hook] = (),
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train a model and write a run folder; return the run's summary.
+
+    The folder holds config.json, model.safetensors (latest weights), best/ (the
+    best-validation checkpoint), train_state.pt, metrics.jsonl, curves.png and
+    summary.json. A ParaFormer trains with the chosen mode (fused, progressive or
+    joint); a ViT trains normally. The epoch with the best validation accuracy is
+    selected (the last one with --val-fraction 0) and tested once at the end.
+    Ctrl-C saves the state and stops; --resume continues exactly.
+    """
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir)
+    setup = prepare(cfg, log, progress)
+    trainer = Trainer(setup, out_dir, log=log, progress=progress, hooks=hooks)
+    info, length = setup.data_info, f"{trainer.epochs} epoch{'s' if trainer.epochs != 1 else ''}"
+    if setup.cfg.max_steps:
+        length = f"{setup.cfg.max_steps} steps ({length})"
+    log(
+        f"training {setup.cfg.model} ({sum(p.numel() for p in setup.model.parameters()):,} params, "
+        f"{trainer.strategy.name}) on {info.dataset}: {info.num_train:,} train / {info.num_val:,} val / "
+        f"{info.num_test:,} test images, {length}; run folder {out_dir}"
+    )
+    return trainer.run(stop_after_epochs)
+
+
+def resume(
+    out_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    log: Log = print,
+    progress: bool = True,
+    hooks: Sequence[Hook] = (),
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Continue the run saved in ``out_dir`` where it stopped (optionally for longer)."""
+    out_dir = Path(out_dir)
+    saved = read_run(out_dir)
+    state = load_train_state(out_dir)
+    done = int(state["position"][0]) if isinstance(state.get("position"), list) and state["position"] else 0
+    if epochs is not None and epochs < done:
+        raise ConfigError(
+            f"{out_dir} has already trained {done} epochs; --epochs must be at least {done} to continue it."
+        )
+    changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
+    cfg = saved.train_cfg.replace(**changes) if changes else saved.train_cfg
+    trainer = Trainer(prepare(cfg, log, progress), out_dir, log=log, progress=progress, hooks=hooks)
+    trainer.load_state_dict(state)
+    if cfg.max_steps is not None and trainer.pos.step > cfg.max_steps:
+        raise ConfigError(
+            f"{out_dir} has already taken {trainer.pos.step} steps; --max-steps must be at least that."
+        )
+    if trainer.writes_files:
+        best = trainer.selected()
+        at_end = trainer.pos.batch == 0 and trainer.pos.pass_index == 0
+        for fixed in trainer.folder.repair(
+            trainer.model, trainer.history, best["epoch"] if best else None, at_end
+        ):
+            log(f"note: repaired the run folder from its training state: {fixed}")
+    if trainer.done():
+        log(f"{out_dir} already finished its {trainer.epochs} epochs; pass --epochs N to train longer.")
+    return trainer.run(stop_after_epochs)
