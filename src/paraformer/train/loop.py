@@ -51,12 +51,14 @@ class Trainer:
         log: Log = print,
         progress: bool = True,
         hooks: Sequence[Hook] = (),
+        first_branch: int = 0,
     ) -> None:
         self.cfg, self.model, self.task, self.device = setup.cfg, setup.model, setup.task, setup.device
         self.log, self.progress, self.hooks = log, progress, Hooks(hooks)
         cfg = self.cfg
         self.optimizer = make_optimizer(self.model, cfg)
-        self.strategy = make_strategy(self.model, cfg.mode, cfg.prefix_weights, self.task.loss)
+        # first_branch > 0: the branches before it are a fixed base; only later prefixes train.
+        self.strategy = make_strategy(self.model, cfg.mode, cfg.prefix_weights, self.task.loss, first_branch)
         self.batches = math.ceil(self.task.num_samples("train") / cfg.batch_size)
         per_epoch = sum(self.batches * self.strategy.steps_per_batch(p) for p in self.strategy.passes)
         self.epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / per_epoch)

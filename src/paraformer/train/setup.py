@@ -112,17 +112,39 @@ def fit_model_to_data(name: str, cfg: TrainConfig, splits: DataSplits, log: Log)
     return model_cfg
 
 
-def prepare(cfg: TrainConfig, log: Log, progress: bool = True) -> Setup:
-    """Load the data and build the model the run describes (checks they fit together)."""
+def check_model_fits_data(model_cfg: ModelConfig, splits: DataSplits) -> None:
+    """An existing model must take the data's channels and know every class label."""
+    channels = getattr(model_cfg, "in_channels", None)
+    if channels != splits.train.channels:
+        raise ShapeError(
+            f"the model takes {channels}-channel images but {splits.name} has {splits.train.channels}."
+        )
+    labels = int(splits.train.labels.max()) + 1
+    if getattr(model_cfg, "num_classes", 0) < labels:
+        raise ShapeError(
+            f"the model has {model_cfg.num_classes} classes but {splits.name} uses labels up to {labels - 1}."
+        )
+
+
+def prepare(cfg: TrainConfig, log: Log, progress: bool = True, model: nn.Module | None = None) -> Setup:
+    """Load the data and build the model the run describes (checks they fit together).
+
+    ``model`` trains an existing model (compressed, expanded...) instead of a fresh preset;
+    it must take the data's channels and have a class for every label.
+    """
     device = resolve_device(cfg.device)
     early = cfg.model or PRESET_FOR_DATASET.get(cfg.dataset)
-    if early is not None:  # a bad model config or size fails before the data loads
+    if early is not None and model is None:  # a bad model config or size fails before the data loads
         check_fits_in_memory(get_config(early, **cfg.model_overrides), device)
     splits = load_dataset(cfg.dataset, cfg.data_dir, progress=progress, log=log)
-    name = choose_model(cfg, splits, log)
+    if model is None:
+        name = choose_model(cfg, splits, log)
+        model_cfg = fit_model_to_data(name, cfg, splits, log)
+        check_fits_in_memory(model_cfg, device)
+    else:
+        name, model_cfg = cfg.model or model.cfg.family, model.cfg
+        check_model_fits_data(model_cfg, splits)
     cfg = cfg.replace(model=name)
-    model_cfg = fit_model_to_data(name, cfg, splits, log)
-    check_fits_in_memory(model_cfg, device)
     train, val = training_splits(splits.train, cfg)
     if cfg.val_fraction > 0 and len(val) == 0:
         raise DataError(
@@ -141,7 +163,7 @@ def prepare(cfg: TrainConfig, log: Log, progress: bool = True) -> Setup:
         log(warning)
     torch.manual_seed(cfg.seed)
     try:
-        model = build_model(model_cfg).to(device)
+        model = (build_model(model_cfg) if model is None else model).to(device)
     except (RuntimeError, torch.OutOfMemoryError) as err:
         raise ConfigError(f"cannot allocate model {name} on {device}: {str(err).splitlines()[0]}") from None
     info = ImageDataInfo(
