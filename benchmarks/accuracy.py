@@ -5,8 +5,10 @@ For each dataset and seed, on the same data, batch, optimiser and schedule shape
   equal epochs      vit, joint, fused, progressive: the same number of epochs each
   equal steps       vit-steps, fused-steps: as many optimizer steps as progressive took
                     (it takes N + 1 steps per batch), at the same batch size
-  equal time        vit-time, fused-time: as many epochs as fit in the training seconds
-                    progressive used, from their own measured seconds per epoch
+  equal time        vit-time, fused-time: as many epochs as cost what progressive's epochs
+                    cost, by the per-epoch cost of each schedule measured side by side
+                    (interleaved rounds, ``throughput.py``) just before: separate runs'
+                    wall-clock seconds are not comparable on a shared machine
 
 Every figure is the test accuracy of the epoch selected on the validation split (the
 test split is read once per run, at the end). Results are mean ± standard deviation
@@ -106,6 +108,7 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dic
                 base_config(dataset, arm, args, seed), args.out / f"{dataset}-{arm}-seed{seed}", args
             )
     prog = out.get("progressive")
+    costs = epoch_costs(dataset, args) if any(a.endswith("time") for a in budget) else {}
     for arm in ("vit-steps", "fused-steps", "vit-time", "fused-time"):
         if arm not in args.arms or prog is None:
             continue
@@ -113,11 +116,30 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dic
         if arm.endswith("steps"):
             cfg = cfg.replace(max_steps=prog["summary"]["steps"])
         else:
-            same = out[arm.split("-")[0]]["summary"]
-            per_epoch = same["train_seconds"] / same["epochs_completed"]
-            cfg = cfg.replace(epochs=max(1, round(prog["summary"]["train_seconds"] / per_epoch)))
+            ratio = costs["progressive"] / costs[arm.split("-")[0]]
+            cfg = cfg.replace(epochs=max(1, round(prog["summary"]["epochs_completed"] * ratio)))
         out[arm] = run(cfg, args.out / f"{dataset}-{arm}-seed{seed}", args)
+        out[arm]["epoch_cost_ratio"] = costs.get("progressive", 0) / costs.get(arm.split("-")[0], 1)
     return {arm: r for arm, r in out.items() if arm in args.arms}
+
+
+def epoch_costs(dataset: str, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds per batch's share of an epoch for vit, fused and progressive, measured side by side."""
+    from throughput import INPUTS, build, epoch_seconds_per_batch
+
+    preset, channels, size = INPUTS[dataset]
+    x = torch.randn(args.batch_size, channels, size, size)
+    y = torch.randint(0, 10, (args.batch_size,))
+    models = {mode: build(mode, preset, args) for mode in ("vit", "fused", "progressive")}
+    times: dict[str, list[float]] = {mode: [] for mode in models}
+    for round_ in range(4):
+        for mode, model in models.items():
+            seconds = epoch_seconds_per_batch(mode, model, x, y, 2, False)
+            if round_:  # the first round warms up
+                times[mode].append(seconds)
+    costs = {mode: statistics.median(t) for mode, t in times.items()}
+    print(f"    epoch cost per batch (side by side): {costs}", flush=True)
+    return costs
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -295,9 +317,11 @@ def main() -> None:
                 f"parameters); batch {args.batch_size}, AdamW lr {args.lr:g}, 1 warmup epoch then cosine,",
                 "weight decay 0.05, grad clip 1; random crops, flips on CIFAR-10 only; fp32. Equal epochs:",
                 f"{args.epochs} each. Equal steps: the optimizer steps progressive took ({n + 1} per batch),",
-                "same batch. Equal time: the epochs that fit in progressive's training seconds at each",
-                "model's own measured seconds per epoch. Test accuracy is that of the epoch with the best",
-                "validation accuracy, measured once at the end.",
+                "same batch. Equal time: as many epochs as cost what progressive's epochs cost, from each",
+                "schedule's cost per epoch measured side by side (interleaved) before the runs; the",
+                "'training s' column is each run's own wall clock on a shared machine, not comparable",
+                "across rows. Test accuracy is that of the epoch with the best validation accuracy,",
+                "measured once at the end.",
             ]
         )
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

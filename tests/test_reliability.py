@@ -213,20 +213,20 @@ def test_a_kill_before_best_is_written_is_repaired_on_resume(tmp_path: Path, mon
     train(tiny_config(epochs=3), reference, log=quiet, progress=False)
     best_epoch = json.loads((reference / "summary.json").read_text())["selected_epoch"]
 
-    original = ck.save_model
+    original = ck.save_weights
     calls = {"best": 0}
 
-    def killed(folder, model, extra=None):
+    def killed(folder, weights, cfg, extra=None):
         if Path(folder).name == "best":
             calls["best"] += 1
             if calls["best"] == 2 or extra.get("epoch") == best_epoch:
                 raise SystemExit("killed")  # like kill -9 between train_state.pt and best/
-        return original(folder, model, extra)
+        return original(folder, weights, cfg, extra)
 
-    monkeypatch.setattr(ck, "save_model", killed)
+    monkeypatch.setattr(ck, "save_weights", killed)
     with pytest.raises(SystemExit):
         train(tiny_config(epochs=3), out, log=quiet, progress=False)
-    monkeypatch.setattr(ck, "save_model", original)
+    monkeypatch.setattr(ck, "save_weights", original)
     (out / ".model.safetensors.abc.tmp").write_bytes(b"half a file")  # an orphan of the kill
     notes: list[str] = []
     summary = resume(out, log=notes.append, progress=False)

@@ -62,8 +62,18 @@ def read_json(path: Path) -> Any:
 
 def save_model(folder: Path, model: nn.Module, extra_config: dict[str, Any] | None = None) -> None:
     """Write ``model.safetensors`` and then ``config.json`` (``{"model": ..., **extra}``)."""
+    save_weights(folder, model.state_dict(), model.cfg, extra_config)
+
+
+def save_weights(
+    folder: Path,
+    weights: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    extra_config: dict[str, Any] | None = None,
+) -> None:
+    """``save_model`` from a state dict and its config (what a distributed run gathered on rank 0)."""
     folder = Path(folder)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
 
     def write(tmp: Path) -> None:
         try:
@@ -72,7 +82,7 @@ def save_model(folder: Path, model: nn.Module, extra_config: dict[str, Any] | No
             raise OSError(str(err)) from None
 
     atomic_write(folder / MODEL_FILE, write)
-    write_json(folder / CONFIG_FILE, {"model": model.cfg.to_dict(), **(extra_config or {})})
+    write_json(folder / CONFIG_FILE, {"model": cfg.to_dict(), **(extra_config or {})})
 
 
 def load_config(folder: Path) -> tuple[ModelConfig, dict[str, Any]]:

@@ -110,9 +110,14 @@ def _train_command(args: argparse.Namespace) -> int:
         summary = train(cfg, args.out, progress=not args.no_progress)
     if summary.get("interrupted"):
         return EXIT_INTERRUPTED
-    if summary.get("epochs_completed"):
+    if summary.get("epochs_completed") and not _other_rank():
         print(summary_line(summary, args.out))
     return 0
+
+
+def _other_rank() -> bool:
+    """True in every process of a distributed launch but the first (which alone prints results)."""
+    return os.environ.get("RANK", "0") not in ("", "0")
 
 
 def summary_line(s: dict[str, Any], out: Path) -> str:
@@ -141,8 +146,12 @@ def _eval_command(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         compile=args.compile,
-        progress=not args.json,
+        branch_exec=args.branch_exec,
+        branch_parallel=args.branch_parallel,
+        progress=not args.json and not _other_rank(),
     )
+    if _other_rank():
+        return 0
     if args.json:
         print(json.dumps(result))
         return 0
@@ -258,6 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the dataset files are, if not where the run found them")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on a GPU)")
+    p.add_argument(
+        "--branch-exec",
+        default="loop",
+        choices=("loop", "stacked", "auto"),
+        help="as for train (default loop)",
+    )
+    p.add_argument(
+        "--branch-parallel",
+        type=int,
+        default=1,
+        metavar="P",
+        help="split the branches over P torchrun processes",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval_command)
 
@@ -289,13 +311,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit flush
         return code
     except ParaformerError as err:
-        print(f"error: {err}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        print(f"error{'' if rank in ('', '0') else f' (rank {rank})'}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        from paraformer.parallel.distributed import shutdown
+
+        shutdown()  # a torchrun launch leaves its process group cleanly
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from paraformer.checkpoint import load_config, load_model, read_json
 from paraformer.data import BatchTransform, load_dataset
 from paraformer.errors import CheckpointError, ConfigError
 from paraformer.models import build_model, is_branched, select_branches
+from paraformer.parallel.apply import apply_execution
+from paraformer.parallel.distributed import init_from_env
 from paraformer.registry import describe_model, get_config, list_models
 from paraformer.train.checkpointing import BEST_DIR, SUMMARY_FILE, read_run
 from paraformer.train.devices import compile_model, resolve_device
@@ -60,13 +62,17 @@ def evaluate_run(
     data_dir: str | None = None,
     device: str = "auto",
     compile: bool = False,
+    branch_exec: str = "loop",
+    branch_parallel: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Accuracy of a trained run on its dataset's test (or validation) split.
 
     ``branches=k`` evaluates a ParaFormer on its first k branches only; the
     parameter count reported is then that of the k-branch model. ``compile``
-    runs the model through torch.compile (with CUDA graphs on a GPU).
+    runs the model through torch.compile (with CUDA graphs on a GPU). ``branch_exec``
+    and ``branch_parallel`` run the branches stacked or split over the processes of a
+    torchrun launch, as in training; the figures are the same.
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}.")
@@ -88,6 +94,10 @@ def evaluate_run(
                 "this run was trained without a validation split (val_fraction=0); use --split test."
             )
     transform = BatchTransform(saved.data.mean, saved.data.std, out_size=model.cfg.image_size)
+    num_params = kept_params(model, branches)
+    ctx = init_from_env(branch_parallel, device)
+    example = transform(dataset.images[: cfg.eval_batch_size], train=False)
+    model = apply_execution(model, branch_exec, example, ctx=ctx, training=False, log=lambda _: None)
     if compile:
         compile_model(model, inference=True)
     result = evaluate(
@@ -109,7 +119,7 @@ def evaluate_run(
         "accuracy": result.accuracy,
         "loss": result.loss,
         "num_samples": result.num_samples,
-        "num_params": kept_params(model, branches),
+        "num_params": num_params,
         "prefix_accuracy": result.prefix_accuracy or None,
     }
 

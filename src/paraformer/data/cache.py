@@ -24,12 +24,18 @@ FORMAT_VERSION = 1
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def cache_root() -> Path | None:
-    """The cache folder, or ``None`` when ``PARAFORMER_NO_CACHE`` is set."""
+def cache_base() -> Path | None:
+    """``$PARAFORMER_CACHE_DIR`` (default ``~/.cache/paraformer``), or ``None`` when
+    ``PARAFORMER_NO_CACHE`` is set."""
     if os.environ.get("PARAFORMER_NO_CACHE", "").strip().lower() in ("1", "true", "yes", "on"):
         return None
-    base = os.environ.get("PARAFORMER_CACHE_DIR") or Path.home() / ".cache" / "paraformer"
-    return Path(base).expanduser() / "decoded"
+    return Path(os.environ.get("PARAFORMER_CACHE_DIR") or Path.home() / ".cache" / "paraformer").expanduser()
+
+
+def cache_root() -> Path | None:
+    """The folder of decoded datasets, or ``None`` when caching is off."""
+    base = cache_base()
+    return None if base is None else base / "decoded"
 
 
 def file_stats(paths: list[Path]) -> list[tuple[str, int, int]]:

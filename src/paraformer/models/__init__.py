@@ -26,6 +26,7 @@ __all__ = [
     "ViT",
     "append_branches",
     "build_model",
+    "count_params",
     "is_branched",
     "register_model",
     "require_branched",
@@ -38,6 +39,13 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {"vit": ViT, "paraformer": ParaForme
 def register_model(family: str, cls: type[nn.Module]) -> None:
     """Make ``build_model`` build ``cls`` for configs of ``family``."""
     MODEL_CLASSES[family] = cls
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters of a model, including those a distributed wrapper holds on other ranks."""
+    if hasattr(model, "num_params"):
+        return model.num_params()
+    return sum(p.numel() for p in model.parameters())
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

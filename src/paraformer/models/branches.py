@@ -42,16 +42,25 @@ class Branch(nn.Sequential):
         return x if self.gate is None else x * self.gate
 
 
-class BranchStack(nn.ModuleList):
-    """Branches ``0..N-1`` reading the same tokens ``(B, T, D)``; their sum is the model body."""
+class BranchOps:
+    """What every branch stack offers, given ``num_branches`` and ``run(x, indices)``.
+
+    ``BranchStack`` runs its branch modules one after another; an execution path
+    applied from outside (``paraformer.parallel``) implements ``run`` differently and
+    inherits the rest, so selections, sums and prefixes mean the same everywhere.
+    """
 
     @property
     def num_branches(self) -> int:
-        return len(self)
+        raise NotImplementedError
+
+    def run(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor] | torch.Tensor:
+        """The output of each branch in ``indices`` (a list, or a stacked ``(K, ...)`` tensor)."""
+        raise NotImplementedError
 
     def resolve(self, selection: BranchSelection = None) -> list[int]:
         """``None`` (all), ``k`` (the first k) or explicit distinct indices, as a list."""
-        n = len(self)
+        n = self.num_branches
         if selection is None:
             return list(range(n))
         if isinstance(selection, int) and not isinstance(selection, bool):
@@ -69,13 +78,9 @@ class BranchStack(nn.ModuleList):
             f"branches must be None, a count k, or a non-empty list of indices; got {selection!r}."
         )
 
-    def run(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
-        """The output of each branch in ``indices``; the only place branches are executed."""
-        return [self[i](x) for i in indices]
-
     def outputs(self, x: torch.Tensor, selection: BranchSelection = None) -> torch.Tensor:
         """(B, T, D) -> (K, B, T, D): the output of each selected branch."""
-        return torch.stack(self.run(x, self.resolve(selection)))
+        return _stacked(self.run(x, self.resolve(selection)))
 
     def forward(self, x: torch.Tensor, selection: BranchSelection = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D): the sum of the selected branches."""
@@ -83,8 +88,8 @@ class BranchStack(nn.ModuleList):
 
     def group_sum(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """(B, T, D) -> (B, T, D): the partial sum of branches ``start..stop-1``."""
-        if not 0 <= start < stop <= len(self):
-            raise ConfigError(f"branch group [{start}, {stop}) is not inside [0, {len(self)}).")
+        if not 0 <= start < stop <= self.num_branches:
+            raise ConfigError(f"branch group [{start}, {stop}) is not inside [0, {self.num_branches}).")
         return _sum(self.run(x, range(start, stop)))
 
     def prefix_sums(
@@ -99,17 +104,37 @@ class BranchStack(nn.ModuleList):
         ``readout`` picks what each output contributes (for example only the class
         token) before summing. Returns ``(N - start, B, ...)``.
         """
-        if not 0 <= start < len(self):
-            raise ConfigError(f"prefix start {start} must be in [0, {len(self) - 1}].")
-        read = readout or (lambda t: t)
-        outs = [read(o) for o in self.run(x, range(len(self)))]
-        sums = torch.stack(outs[start:]).cumsum(dim=0)  # (N - start, B, ...)
+        if not 0 <= start < self.num_branches:
+            raise ConfigError(f"prefix start {start} must be in [0, {self.num_branches - 1}].")
+        outs = self.run(x, range(self.num_branches))  # N x (B, T, D)
+        if readout is not None:
+            outs = [readout(o) for o in outs]  # read out before stacking: no (N, B, T, D) copy
+        outs = _stacked(outs)  # (N, B, ...)
+        sums = outs[start:].cumsum(dim=0)  # (N - start, B, ...)
         if start:
-            sums = sums + _sum(outs[:start])
+            sums = sums + outs[:start].sum(dim=0)
         return sums
 
 
-def _sum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+class BranchStack(BranchOps, nn.ModuleList):
+    """Branches ``0..N-1`` reading the same tokens ``(B, T, D)``; their sum is the model body."""
+
+    @property
+    def num_branches(self) -> int:
+        return len(self)
+
+    def run(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The output of each branch in ``indices``: the reference execution, one after another."""
+        return [self[i](x) for i in indices]
+
+
+def _stacked(outputs: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    return outputs if isinstance(outputs, torch.Tensor) else torch.stack(outputs)
+
+
+def _sum(tensors: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    if isinstance(tensors, torch.Tensor):
+        return tensors.sum(dim=0)
     total = tensors[0]
     for t in tensors[1:]:
         total = total + t

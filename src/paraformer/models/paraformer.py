@@ -33,9 +33,22 @@ class ParaFormer(ImageClassifier):
     def forward_tokens(self, tokens: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
         return self.branches(tokens, branches)  # (B, T, D)
 
+    # What parallel execution needs to split the model around its branches (see parallel/branch.py).
+    def embed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, T, D): the tokens every branch reads."""
+        return self.embed(x)
+
+    def readout(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) branch output -> the part the head reads ((B, 1, D) for the class token)."""
+        return out[:, :1] if self.head.reads_class_token_only() else out
+
+    def head_logits(self, summed: torch.Tensor) -> torch.Tensor:
+        """A sum of read-out branch outputs -> logits (any leading dims)."""
+        return self.head(summed)
+
     def prefix_logits(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, C, H, W) -> (N - start, B, classes): logits of prefixes start+1..N from one pass."""
         # The class-token head reads one token: sum only that one across prefixes.
-        readout = (lambda t: t[:, :1]) if self.head.reads_class_token_only() else None
-        sums = self.branches.prefix_sums(self.embed(x), start=start, readout=readout)  # (K, B, T|1, D)
-        return self.head(sums)  # (K, B, classes)
+        tokens = self.embed_input(x)  # (B, T, D)
+        sums = self.branches.prefix_sums(tokens, start=start, readout=self.readout)  # (K, B, T|1, D)
+        return self.head_logits(sums)  # (K, B, classes)

@@ -16,6 +16,7 @@ always survives divergence.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,8 +35,8 @@ from paraformer.checkpoint import (
     json_text,
     load_config,
     read_json,
-    save_model,
     save_train_state,
+    save_weights,
     write_json,
 )
 from paraformer.config import ModelConfig
@@ -99,36 +100,36 @@ class RunFolder:
         self.path = Path(path)
         self.config_json = config_json
 
-    def save(self, state: dict[str, Any], model: nn.Module) -> None:
-        """Mid-epoch or interrupt: the resume state, then the latest weights."""
+    def save(self, state: dict[str, Any], cfg: ModelConfig) -> None:
+        """Mid-epoch or interrupt: the resume state, then the latest weights (``state["model"]``)."""
         save_train_state(self.path, state)
-        save_model(self.path, model, self.config_json)
+        save_weights(self.path, state["model"], cfg, self.config_json)
 
     def save_epoch(
-        self, state: dict[str, Any], model: nn.Module, history: list[dict[str, Any]], best_epoch: int | None
+        self, state: dict[str, Any], cfg: ModelConfig, history: list[dict[str, Any]], best_epoch: int | None
     ) -> None:
         """End of an epoch, in the documented order."""
-        self.save(state, model)
+        self.save(state, cfg)
         if best_epoch == history[-1]["epoch"]:
-            save_model(self.path / BEST_DIR, model, {**self.config_json, "epoch": best_epoch})
+            save_weights(self.path / BEST_DIR, state["model"], cfg, {**self.config_json, "epoch": best_epoch})
         self.write_metrics(history)
 
     def repair(
-        self, model: nn.Module, history: list[dict[str, Any]], best_epoch: int | None, at_epoch_end: bool
+        self, state: dict[str, Any], cfg: ModelConfig, best_epoch: int | None, at_epoch_end: bool
     ) -> list[str]:
         """After a kill: rewrite what the resume state says should be there. Returns what was fixed.
 
         ``best/`` can be rebuilt only from a state saved at the end of the best epoch.
         """
-        fixed = [
-            f"removed {p.name}" for p in (remove_orphans(self.path) + remove_orphans(self.path / BEST_DIR))
-        ]
-        save_model(self.path, model, self.config_json)
+        history = [json.loads(line) for line in state["history_json"]]
+        orphans = remove_orphans(self.path) + remove_orphans(self.path / BEST_DIR)
+        fixed = [f"removed {p.name}" for p in orphans]
+        save_weights(self.path, state["model"], cfg, self.config_json)
         self.write_metrics(history)
         last = history[-1]["epoch"] if history else None
         stale = best_epoch is not None and self.best_epoch_on_disk() != best_epoch
         if stale and at_epoch_end and best_epoch == last:
-            save_model(self.path / BEST_DIR, model, {**self.config_json, "epoch": best_epoch})
+            save_weights(self.path / BEST_DIR, state["model"], cfg, {**self.config_json, "epoch": best_epoch})
             fixed.append(f"{BEST_DIR}/ (epoch {best_epoch})")
         return fixed
 

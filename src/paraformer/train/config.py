@@ -24,6 +24,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 MODES = ("fused", "progressive", "joint")
 PREFIX_WEIGHTS = ("uniform", "linear")
 OPTIMIZERS = ("adamw", "adam")
+BRANCH_EXEC = ("auto", "loop", "stacked")
 MAX_BATCH = 1 << 20
 
 
@@ -73,6 +74,18 @@ class LoopConfig:
         0, "also evaluate on the test split every N epochs (default 0: only at the end)", metavar="N"
     )
     eval_batch_size: int = option(500, "batch size of evaluation")
+    branch_exec: str = option(
+        "auto",
+        "how a model's branches run on a device: loop, stacked (one batched matmul per layer for all "
+        "branches) or auto (both timed at the training batch; stacked only if faster)",
+        choices=BRANCH_EXEC,
+    )
+    branch_parallel: int = option(
+        1,
+        "split the branches over P processes (launch with torchrun --nproc-per-node P ...); more "
+        "processes than P add data parallelism",
+        metavar="P",
+    )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     save_every_minutes: float = option(5.0, "also checkpoint mid-epoch this often")
 
@@ -95,6 +108,14 @@ class LoopConfig:
             f"max_steps must be an integer >= 1, got {self.max_steps!r}.",
         )
         require(self.eval_every >= 0, f"eval_every must be an integer >= 0, got {self.eval_every!r}.")
+        require(
+            self.branch_exec in BRANCH_EXEC,
+            f"branch_exec must be one of {BRANCH_EXEC}, got {self.branch_exec!r}.",
+        )
+        require(
+            1 <= self.branch_parallel <= 4096,
+            f"branch_parallel must be an integer >= 1, got {self.branch_parallel!r}.",
+        )
         require(0 <= self.seed < 2**63, f"seed must be in 0..2**63-1, got {self.seed!r}.")
         require(self.lr > 0, f"lr must be a positive number, got {self.lr!r}.")
         for name in ("weight_decay", "warmup_epochs", "grad_clip", "save_every_minutes"):

@@ -11,12 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 if TYPE_CHECKING:
     from paraformer.train.loop import Trainer
 
 
 class Hook:
     """Override what you need; every method is a no-op by default."""
+
+    def bind(self, trainer: Trainer) -> None:
+        """The trainer this hook serves, as soon as it exists (before any state is loaded)."""
 
     def on_start(self, trainer: Trainer) -> None:
         """After the model, optimizer and state are ready, before the first batch."""
@@ -34,6 +39,18 @@ class Hook:
         """Whether this process writes checkpoints and metrics (False on all ranks but one)."""
         return True
 
+    def select_batch(self, trainer: Trainer, indices: torch.Tensor) -> torch.Tensor:
+        """The samples of the batch ``indices`` this process trains on (a data-parallel shard)."""
+        return indices
+
+    def agree(self, trainer: Trainer, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+        """Make per-batch decisions (stop, save) the same on every process."""
+        return flags
+
+    def owns_optimizer_state(self) -> bool:
+        """True when this hook saves and restores the optimizer state itself (per rank)."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         """What to keep in ``train_state.pt`` to resume exactly (tensors and plain values)."""
         return {}
@@ -47,6 +64,10 @@ class Hooks(Hook):
 
     def __init__(self, hooks: Sequence[Hook] = ()) -> None:
         self.hooks = list(hooks)
+
+    def bind(self, trainer: Trainer) -> None:
+        for h in self.hooks:
+            h.bind(trainer)
 
     def on_start(self, trainer: Trainer) -> None:
         for h in self.hooks:
@@ -66,6 +87,19 @@ class Hooks(Hook):
 
     def writes_files(self, trainer: Trainer) -> bool:
         return all(h.writes_files(trainer) for h in self.hooks)
+
+    def select_batch(self, trainer: Trainer, indices: torch.Tensor) -> torch.Tensor:
+        for h in self.hooks:
+            indices = h.select_batch(trainer, indices)
+        return indices
+
+    def agree(self, trainer: Trainer, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+        for h in self.hooks:
+            flags = h.agree(trainer, flags)
+        return flags
+
+    def owns_optimizer_state(self) -> bool:
+        return any(h.owns_optimizer_state() for h in self.hooks)
 
     def state_dict(self) -> dict[str, Any]:
         return {str(i): h.state_dict() for i, h in enumerate(self.hooks)}

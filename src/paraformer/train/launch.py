@@ -6,13 +6,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from paraformer.checkpoint import load_train_state
+from paraformer.data.base import quiet
 from paraformer.errors import ConfigError
+from paraformer.models import count_params
 from paraformer.train.checkpointing import prepare_out_dir, read_run
 from paraformer.train.config import TrainConfig
 from paraformer.train.hooks import Hook
 from paraformer.train.loop import Trainer
-from paraformer.train.setup import prepare
+from paraformer.train.setup import Setup, prepare
 
 Log = Callable[[str], None]
 
@@ -35,15 +39,20 @@ def train(
     selected (the last one with --val-fraction 0) and tested once at the end.
     Ctrl-C saves the state and stops; --resume continues exactly.
     """
+    from paraformer.parallel.distributed import init_from_env  # parallel/ builds on train/: import late
+
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir)
-    setup = prepare(cfg, log, progress)
+    ctx = init_from_env(cfg.branch_parallel, cfg.device)
+    log, progress = _main_process_only(ctx, log, progress)
+    if ctx is None or ctx.is_main:
+        prepare_out_dir(out_dir)
+    setup, hooks = _distributed(prepare(cfg, log, progress), ctx, hooks, log)
     trainer = Trainer(setup, out_dir, log=log, progress=progress, hooks=hooks)
     info, length = setup.data_info, f"{trainer.epochs} epoch{'s' if trainer.epochs != 1 else ''}"
     if setup.cfg.max_steps:
         length = f"{setup.cfg.max_steps} steps ({length})"
     log(
-        f"training {setup.cfg.model} ({sum(p.numel() for p in setup.model.parameters()):,} params, "
+        f"training {setup.cfg.model} ({count_params(setup.model):,} params, "
         f"{trainer.strategy.name}) on {info.dataset}: {info.num_train:,} train / {info.num_val:,} val / "
         f"{info.num_test:,} test images, {length}; run folder {out_dir}"
     )
@@ -71,19 +80,42 @@ def resume(
         )
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
     cfg = saved.train_cfg.replace(**changes) if changes else saved.train_cfg
-    trainer = Trainer(prepare(cfg, log, progress), out_dir, log=log, progress=progress, hooks=hooks)
+    from paraformer.parallel.distributed import init_from_env
+
+    ctx = init_from_env(cfg.branch_parallel, cfg.device)
+    log, progress = _main_process_only(ctx, log, progress)
+    setup, hooks = _distributed(prepare(cfg, log, progress), ctx, hooks, log)
+    trainer = Trainer(setup, out_dir, log=log, progress=progress, hooks=hooks)
     trainer.load_state_dict(state)
     if cfg.max_steps is not None and trainer.pos.step > cfg.max_steps:
         raise ConfigError(
             f"{out_dir} has already taken {trainer.pos.step} steps; --max-steps must be at least that."
         )
+    state = trainer.state_dict()  # on every process
     if trainer.writes_files:
         best = trainer.selected()
         at_end = trainer.pos.batch == 0 and trainer.pos.pass_index == 0
-        for fixed in trainer.folder.repair(
-            trainer.model, trainer.history, best["epoch"] if best else None, at_end
-        ):
+        for fixed in trainer.folder.repair(state, trainer.model.cfg, best["epoch"] if best else None, at_end):
             log(f"note: repaired the run folder from its training state: {fixed}")
     if trainer.done():
         log(f"{out_dir} already finished its {trainer.epochs} epochs; pass --epochs N to train longer.")
     return trainer.run(stop_after_epochs)
+
+
+def _main_process_only(ctx: Any, log: Log, progress: bool) -> tuple[Log, bool]:
+    """Other ranks print nothing: one log and one progress bar per run."""
+    if ctx is None or ctx.is_main:
+        return log, progress
+    return quiet, False
+
+
+def _distributed(setup: Setup, ctx: Any, hooks: Sequence[Hook], log: Log) -> tuple[Setup, list[Hook]]:
+    """The model as this process runs it (fused branches, its branch group) and the hooks it needs."""
+    from paraformer.parallel.apply import apply_execution
+
+    example, _ = setup.task.batch(
+        torch.arange(min(setup.cfg.batch_size, setup.task.num_samples("train"))),
+        torch.Generator().manual_seed(0),
+    )
+    setup.model = apply_execution(setup.model, setup.cfg.branch_exec, example, ctx=ctx, log=log)
+    return setup, ([ctx.hook()] if ctx is not None else []) + list(hooks)

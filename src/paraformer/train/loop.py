@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from paraformer.analysis.plots import plot_curves
 from paraformer.checkpoint import load_model
-from paraformer.models import is_branched
+from paraformer.models import count_params, is_branched
 from paraformer.train.checkpointing import (
     BEST_DIR,
     RunFolder,
@@ -69,6 +69,7 @@ class Trainer:
         self.pos, self.history, self.stats = Position(), [], EpochStats()
         config_json = {"train": cfg.to_dict(), "data": setup.task.info(), "mode": self.strategy.name}
         self.folder = RunFolder(Path(out_dir), config_json)
+        self.hooks.bind(self)
         if cfg.compile:
             compile_model(self.model)
 
@@ -79,12 +80,6 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         restore_state(self, state)
 
-    def saved_note(self) -> str:
-        """What a failure leaves behind, for error messages."""
-        if not self.history:
-            return "; nothing was saved"
-        return f"; the checkpoint of epoch {self.history[-1]['epoch']} in {self.folder.path} is kept"
-
     @property
     def writes_files(self) -> bool:
         return self.hooks.writes_files(self)
@@ -94,9 +89,8 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
     def done(self) -> bool:
-        return self.pos.epoch >= self.epochs or (
-            self.cfg.max_steps is not None and self.pos.step >= self.cfg.max_steps
-        )
+        steps = self.cfg.max_steps
+        return self.pos.epoch >= self.epochs or (steps is not None and self.pos.step >= steps)
 
     def run(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
         """Train to the configured length (or ``stop_after_epochs`` more epochs); return the summary."""
@@ -131,11 +125,17 @@ class Trainer:
                     generator=seeded(cfg.seed, self.pos.epoch, self.pos.pass_index),
                 )
                 while self.pos.batch < self.batches:
-                    if stop.requested:
+                    due = time.monotonic() - last_save > cfg.save_every_minutes * 60
+                    stop_now, save_now = self.hooks.agree(self, (stop.requested, due))
+                    if stop_now:
                         self._save_mid_epoch()
                         return False
+                    if save_now:
+                        self._save_mid_epoch()
+                        last_save = time.monotonic()
                     t0 = time.perf_counter()
                     idx = order[self.pos.batch * cfg.batch_size : (self.pos.batch + 1) * cfg.batch_size]
+                    idx = self.hooks.select_batch(self, idx)
                     x, y = self.task.batch(
                         idx, seeded(cfg.seed, self.pos.epoch, self.pos.pass_index, self.pos.batch, 1)
                     )
@@ -155,9 +155,6 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3f}" for k, v in self.stats.means().items()})
                     if self.cfg.max_steps is not None and self.pos.step >= self.cfg.max_steps:
                         return True  # the last (partial) epoch ends here
-                    if time.monotonic() - last_save > cfg.save_every_minutes * 60:
-                        self._save_mid_epoch()
-                        last_save = time.monotonic()
                 self.pos.pass_index += 1
                 self.pos.batch = 0
         return True
@@ -191,15 +188,16 @@ class Trainer:
         self.log(epoch_line(record, self.epochs))
         self.pos = Position(epoch, 0, 0, self.pos.step)
         self.stats = EpochStats()
+        state = self.state_dict()  # on every process: a distributed model gathers its shards
         if self.writes_files:
             best = self.selected()
-            self.folder.save_epoch(
-                self.state_dict(), self.model, self.history, best["epoch"] if best else None
-            )
+            self.folder.save_epoch(state, self.model.cfg, self.history, best["epoch"] if best else None)
 
     def _save_mid_epoch(self) -> None:
-        if self.writes_files and weights_are_finite(self.model):
-            self.folder.save(self.state_dict(), self.model)
+        if weights_are_finite(self.model):
+            state = self.state_dict()  # on every process: a distributed model gathers its shards
+            if self.writes_files:
+                self.folder.save(state, self.model.cfg)
 
     def _interrupted(self) -> dict[str, Any]:
         self.log(
@@ -224,7 +222,7 @@ class Trainer:
             "model": self.cfg.model,
             "mode": self.strategy.name,
             "dataset": self.task.info().get("dataset"),
-            "num_params": sum(p.numel() for p in self.model.parameters()),
+            "num_params": count_params(self.model),
             "epochs": self.epochs,
             "max_steps": self.cfg.max_steps,
             "complete": self.done(),

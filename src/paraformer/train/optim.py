@@ -58,7 +58,10 @@ class Stepper:
         return warmup_cosine(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr_ratio)
 
     def diverged(self, what: str) -> TrainingError:
-        saved = getattr(self.trainer, "saved_note", lambda: "")()
+        history = getattr(self.trainer, "history", [])
+        saved = "; nothing was saved"
+        if history:
+            saved = f"; the checkpoint of epoch {history[-1]['epoch']} in {self.trainer.folder.path} is kept"
         return TrainingError(
             f"training diverged: {what} at optimizer step {self.step}{saved}. "
             f"Start a new run with a lower learning rate (now {self.cfg.lr:g}) or keep --grad-clip on."

@@ -54,7 +54,8 @@ def restore_state(trainer: Trainer, state: dict[str, Any]) -> None:
     try:
         trainer.pos = Position(*[int(v) for v in state["position"]])
         trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        if not trainer.hooks.owns_optimizer_state():
+            trainer.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
