@@ -92,12 +92,15 @@ class FusedBranchStack(BranchStack):
 
         Stacking copies; without autograd (inference) the copy is kept until a weight changes.
         """
-        params = [p for i in indices for p in self[i].parameters()]
-        key = tuple(indices)
-        versions = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
-        caching = not torch.is_grad_enabled() or not any(p.requires_grad for p in params)
-        if caching and key in self._cache and self._cache[key][0] == versions:
-            return self._cache[key][1]
+        caching = not torch.compiler.is_compiling()  # a compiled graph stacks for free
+        key: tuple[int, ...] = tuple(indices)
+        versions: tuple[int, ...] = ()
+        if caching:
+            params = [p for i in indices for p in self[i].parameters()]
+            caching = not torch.is_grad_enabled() or not any(p.requires_grad for p in params)
+            versions = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
+            if caching and key in self._cache and self._cache[key][0] == versions:
+                return self._cache[key][1]
         depth = len(self[indices[0]])
         weights = []
         for j in range(depth):
