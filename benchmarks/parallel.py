@@ -157,8 +157,8 @@ def part_one(args: argparse.Namespace) -> list[str]:
     lines = [
         f"One process, {args.threads} torch thread(s). Inference: the paper model (224 px, patch 16, "
         "dim 192, 8 branches x depth 2, 7.30M parameters) and its depth-16 ViT twin, `torch.no_grad`. "
-        "Training: the CPU-scale model (32 px, patch 4, dim 192, 8 x 2, 7.13M parameters), fused objective, AdamW, batch "
-        f"{args.train_batch}. Median of {args.rounds} interleaved rounds.",
+        "Training: the CPU-scale model (32 px, patch 4, dim 192, 8 x 2, 7.13M parameters), fused "
+        f"objective, AdamW, batch {args.train_batch}. Median of {args.rounds} interleaved rounds.",
         "",
         "| measurement | variant | ms | vs ViT twin | vs branch loop |",
         "|---|---|---|---|---|",
