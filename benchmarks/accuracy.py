@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shutil
 import statistics
 import time
@@ -36,6 +35,7 @@ import torch
 
 from machine import describe  # benchmarks/machine.py, beside this script
 from paraformer.train import TrainConfig, resume, train
+from report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -255,18 +255,6 @@ def plot(dataset: str, results: dict[int, dict[str, dict[str, Any]]], path: Path
     plt.close(fig)
 
 
-def update_benchmarks_md(section: str, tag: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- accuracy-{tag}:begin -->", f"<!-- accuracy-{tag}:end -->"
-    block = f"{begin}\n{section}\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -345,7 +333,7 @@ def main() -> None:
         )
         print(section, flush=True)
         if not args.no_write:
-            update_benchmarks_md(section, dataset)
+            update_section(f"accuracy-{dataset}", section)
 
 
 if __name__ == "__main__":

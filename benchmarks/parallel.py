@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from machine import describe  # benchmarks/machine.py, beside this script
 from paraformer.parallel import fuse_branches
 from paraformer.registry import create_model
 from paraformer.train.devices import compile_model
+from report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
@@ -439,18 +439,6 @@ def _fairscale_step(config: str, model: torch.nn.Module, x, y, args) -> Any:
 # ---------------------------------------------------------------------------- report
 
 
-def update_benchmarks_md(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    begin, end = "<!-- parallel:begin -->", "<!-- parallel:end -->"
-    block = f"{begin}\n{section}\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -496,7 +484,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section, flush=True)
     if not args.no_write:
-        update_benchmarks_md(section)
+        update_section("parallel", section)
 
 
 if __name__ == "__main__":
