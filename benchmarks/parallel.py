@@ -367,7 +367,7 @@ def _threads_step(config: str, model: torch.nn.Module, x, y, args) -> Any:
 
         def run(g: int) -> None:
             torch.set_num_threads(1)
-            outs[g] = torch.stack([model.readout(o) for o in model.branches.run(tokens, groups[g])])
+            outs[g] = torch.stack([model.head_input(o) for o in model.branches.run(tokens, groups[g])])
 
         threads = [threading.Thread(target=run, args=(g,)) for g in range(2)]
         for t in threads:

@@ -34,11 +34,18 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def objectives(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The three losses a training step can take: full sum, a prefix, all prefixes (fused)."""
+    """The three losses a training step can take: full sum, a prefix, all prefixes (fused).
+
+    Logits may carry a sequence dimension (language models): every position is scored.
+    """
+
+    def ce(logits: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, -2), y.flatten())
+
     return {
-        "full": F.cross_entropy(model(x), y),
-        "prefix2": F.cross_entropy(model(x, branches=2), y),
-        "fused": torch.stack([F.cross_entropy(p, y) for p in model.prefix_logits(x)]).mean(),
+        "full": ce(model(x)),
+        "prefix2": ce(model(x, branches=2)),
+        "fused": torch.stack([ce(p) for p in model.prefix_logits(x)]).mean(),
     }
 
 

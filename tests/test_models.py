@@ -19,7 +19,10 @@ def tiny_paraformer(**kw) -> ParaFormer:
     return ParaFormer(ParaFormerConfig(**{**TINY, "num_branches": 3, "branch_depth": 2, **kw})).eval()
 
 
-@pytest.mark.parametrize("name", list_models())
+IMAGE_PRESETS = [n for n in list_models() if get_config(n).family in ("vit", "paraformer")]
+
+
+@pytest.mark.parametrize("name", IMAGE_PRESETS)
 def test_every_preset_forwards_and_backwards(name: str) -> None:
     cfg = get_config(name)
     small = cfg.replace(image_size=cfg.patch_size * 2)  # 4 patches: same code path, tiny input
@@ -31,7 +34,7 @@ def test_every_preset_forwards_and_backwards(name: str) -> None:
     assert all(p.grad is not None for p in model.parameters()), "every parameter gets a gradient"
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if n.startswith("paraformer_")])
+@pytest.mark.parametrize("name", [n for n in IMAGE_PRESETS if n.startswith("paraformer_")])
 def test_twins_have_exactly_the_same_parameter_count(name: str) -> None:
     twin = twin_of(name)
     assert twin is not None and twin_of(twin) == name

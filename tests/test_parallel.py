@@ -30,17 +30,26 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------- fused == loop
 
 
+def preset_inputs(name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A small, dropout-free model of the preset's family, a batch and its targets."""
+    cfg = get_config(name)
+    torch.manual_seed(0)
+    if hasattr(cfg, "image_size"):
+        cfg = cfg.replace(image_size=cfg.patch_size * 2, dropout=0.0, emb_dropout=0.0)
+        x = torch.randn(3, cfg.in_channels, cfg.image_size, cfg.image_size)
+        return build_model(cfg), x, torch.randint(0, cfg.num_classes, (3,))
+    cfg = cfg.replace(dropout=0.0, context=8, vocab_size=11)
+    tokens = torch.randint(0, 11, (3, 9))
+    return build_model(cfg), tokens[:, :-1], tokens[:, 1:]
+
+
 @pytest.mark.parametrize("name", [n for n in list_models() if n.startswith("paraformer_")])
 @pytest.mark.parametrize("path", ["loop", "stacked"])
 def test_fused_equals_the_loop_for_every_preset(name: str, path: str) -> None:
-    cfg = get_config(name)
-    cfg = cfg.replace(image_size=cfg.patch_size * 2, dropout=0.0, emb_dropout=0.0)
-    torch.manual_seed(0)
-    reference = build_model(cfg).train()
+    reference, x, y = preset_inputs(name)
+    reference.train()
     fused = fuse_branches(reference, path).train()
     assert isinstance(fused.branches, FusedBranchStack)
-    x = torch.randn(3, cfg.in_channels, cfg.image_size, cfg.image_size)
-    y = torch.randint(0, cfg.num_classes, (3,))
     for model in (reference, fused):
         objective = sum(l for l in objectives(model, x, y).values())  # noqa: E741
         objective.backward()

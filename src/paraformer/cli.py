@@ -4,6 +4,7 @@
     paraformer eval RUN_DIR [--branches K] [--json]
     paraformer info MODEL_OR_RUN [--json]
     paraformer list-models
+    paraformer lm train | eval | sample | gfa | prune   (language models; see `paraformer lm -h`)
 
 Problems with the input end in a one-line ``error: ...`` and exit code 2.
 """
@@ -290,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list-models", help="list the model presets", description="List the model presets.")
     p.set_defaults(func=_list_models_command)
+
+    from paraformer.cli_lm import add_lm_parser
+
+    add_lm_parser(sub, config_flags, _parse_override)
     return parser
 
 

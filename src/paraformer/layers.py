@@ -123,6 +123,7 @@ class Block(nn.Module):
 
     ``residual="standard"``: ``x + f(LN(x))``. ``residual="normed"``: ``LN(x) + f(LN(x))``,
     the form in the ParaFormer authors' released code, kept for comparisons.
+    ``attention=False`` or ``mlp=False`` leaves that sub-layer out (sub-layer pruning).
     """
 
     def __init__(
@@ -136,21 +137,29 @@ class Block(nn.Module):
         qkv_bias: bool = False,
         residual: str = "standard",
         causal: bool = False,
+        attention: bool = True,
+        mlp: bool = True,
     ) -> None:
         super().__init__()
         self.normed_residual = residual == "normed"
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(
-            dim, heads, head_dim=head_dim, dropout=dropout, qkv_bias=qkv_bias, causal=causal
-        )
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_dim, dropout)
+        self.norm1 = self.attn = self.norm2 = self.mlp = None
+        if attention:
+            self.norm1 = nn.LayerNorm(dim)
+            self.attn = Attention(
+                dim, heads, head_dim=head_dim, dropout=dropout, qkv_bias=qkv_bias, causal=causal
+            )
+        if mlp:
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = MLP(dim, mlp_dim, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x)
-        x = (h if self.normed_residual else x) + self.attn(h)
-        h = self.norm2(x)
-        return (h if self.normed_residual else x) + self.mlp(h)
+        if self.attn is not None:
+            h = self.norm1(x)
+            x = (h if self.normed_residual else x) + self.attn(h)
+        if self.mlp is not None:
+            h = self.norm2(x)
+            x = (h if self.normed_residual else x) + self.mlp(h)
+        return x
 
 
 class ClassifierHead(nn.Module):

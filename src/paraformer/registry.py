@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from paraformer.config import ModelConfig, ParaFormerConfig
+from paraformer.config_lm import LM_PRESETS
 from paraformer.errors import ConfigError
 from paraformer.models import build_model
 
@@ -60,6 +61,7 @@ for _name, (_description, _cfg) in _PARAFORMERS.items():
         f"ViT twin of {_name}: the same {_cfg.num_layers} blocks stacked sequentially",
         _cfg.vit_twin(),
     )
+PRESETS.update(LM_PRESETS)  # uniform, CascadeFormer, widening and ParaFormer-LM at each scale
 
 
 def list_models() -> list[str]:

@@ -15,14 +15,18 @@ from paraformer.models.branches import (
     require_branched,
     select_branches,
 )
+from paraformer.models.lm import CausalLM, CausalLMBase, ParaFormerLM
 from paraformer.models.paraformer import ParaFormer
 from paraformer.models.vit import ViT
 
 __all__ = [
     "Branched",
     "BranchStack",
+    "CausalLM",
+    "CausalLMBase",
     "ImageClassifier",
     "ParaFormer",
+    "ParaFormerLM",
     "ViT",
     "append_branches",
     "build_model",
@@ -33,7 +37,12 @@ __all__ = [
     "select_branches",
 ]
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"vit": ViT, "paraformer": ParaFormer}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "vit": ViT,
+    "paraformer": ParaFormer,
+    "lm": CausalLM,
+    "paraformer_lm": ParaFormerLM,
+}
 
 
 def register_model(family: str, cls: type[nn.Module]) -> None:

@@ -38,7 +38,7 @@ class ParaFormer(ImageClassifier):
         """(B, C, H, W) -> (B, T, D): the tokens every branch reads."""
         return self.embed(x)
 
-    def readout(self, out: torch.Tensor) -> torch.Tensor:
+    def head_input(self, out: torch.Tensor) -> torch.Tensor:
         """(B, T, D) branch output -> the part the head reads ((B, 1, D) for the class token)."""
         return out[:, :1] if self.head.reads_class_token_only() else out
 
@@ -50,5 +50,5 @@ class ParaFormer(ImageClassifier):
         """(B, C, H, W) -> (N - start, B, classes): logits of prefixes start+1..N from one pass."""
         # The class-token head reads one token: sum only that one across prefixes.
         tokens = self.embed_input(x)  # (B, T, D)
-        sums = self.branches.prefix_sums(tokens, start=start, readout=self.readout)  # (K, B, T|1, D)
+        sums = self.branches.prefix_sums(tokens, start=start, readout=self.head_input)  # (K, B, T|1, D)
         return self.head_logits(sums)  # (K, B, classes)

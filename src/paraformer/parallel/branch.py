@@ -30,7 +30,7 @@ from paraformer.models.branches import BranchOps, BranchSelection, require_branc
 from paraformer.parallel.collectives import copy_to_group, gather_from_group, reduce_from_group
 
 BRANCH_KEY = re.compile(r"^branches\.(\d+)\.(.+)$")
-SPLIT_METHODS = ("embed_input", "readout", "head_logits")
+SPLIT_METHODS = ("embed_input", "head_input", "head_logits")
 
 
 def split_branches(num_branches: int, parts: int) -> list[tuple[int, int]]:
@@ -92,9 +92,9 @@ class BranchParallel(nn.Module):
         tokens = copy_to_group(self.local.embed_input(x), self.group)  # (B, T, D)
         mine = [i - self.start for i in selected if self.start <= i < self.stop]
         if mine:
-            part = sum(self.local.readout(o) for o in self.local.branches.run(tokens, mine))
+            part = sum(self.local.head_input(o) for o in self.local.branches.run(tokens, mine))
         else:  # still part of the graph, so this rank joins the backward all-reduce
-            part = self.local.readout(tokens) * 0
+            part = self.local.head_input(tokens) * 0
         return self.local.head_logits(reduce_from_group(part, self.group))
 
     def prefix_logits(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -103,7 +103,7 @@ class BranchParallel(nn.Module):
             raise ConfigError(f"prefix start {start} must be in [0, {self._total - 1}].")
         tokens = copy_to_group(self.local.embed_input(x), self.group)
         outs = self.local.branches.run(tokens, range(self.stop - self.start))
-        mine = torch.stack([self.local.readout(o) for o in outs])  # (n_r, B, 1|T, D)
+        mine = torch.stack([self.local.head_input(o) for o in outs])  # (n_r, B, 1|T, D)
         every = gather_from_group(mine, self.group, self.sizes, self.rank)  # (N, B, 1|T, D)
         sums = every[start:].cumsum(dim=0)
         if start:

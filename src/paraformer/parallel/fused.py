@@ -55,8 +55,11 @@ class FusedBranchStack(BranchStack):
         super().__init__(branches)
         if path not in PATHS:
             raise ConfigError(f"branch execution must be one of {PATHS}, got {path!r}.")
-        if not all(isinstance(block, Block) for branch in self for block in branch):
-            raise ConfigError("stacked execution needs branches made of layers.Block; use the loop path.")
+        full = all(
+            isinstance(b, Block) and b.attn is not None and b.mlp is not None for br in self for b in br
+        )
+        if not full:
+            raise ConfigError("stacked execution needs branches of whole layers.Block; use the loop path.")
         self.path = path
         self.choices: dict[tuple[Any, ...], str] = {}  # auto: the path measured faster, per shape
         self._cache: dict[tuple[int, ...], tuple[tuple[int, ...], list[dict[str, torch.Tensor | None]]]] = {}

@@ -39,7 +39,7 @@ from paraformer.checkpoint import (
     save_weights,
     write_json,
 )
-from paraformer.config import ModelConfig
+from paraformer.config import ImageModelConfig, ModelConfig
 from paraformer.errors import CheckpointError, ConfigError, ParaformerError
 from paraformer.fields import check_fields, from_mapping
 from paraformer.train.config import LoopConfig, TrainConfig
@@ -157,16 +157,21 @@ class SavedRun:
 
     folder: Path
     model_cfg: ModelConfig
-    train_cfg: TrainConfig
-    data: ImageDataInfo
+    train_cfg: LoopConfig
+    data: Any  # ImageDataInfo or LMDataInfo
     config_json: dict[str, Any]
 
 
-def read_run(folder: Path, cls: type[LoopConfig] = TrainConfig) -> SavedRun:
+def read_run(folder: Path, cls: type[LoopConfig] = TrainConfig, data_cls: type = ImageDataInfo) -> SavedRun:
     """Read and validate every section of a run's ``config.json``; errors name file and field."""
     folder = Path(folder)
     model_cfg, saved = load_config(folder)
     path = folder / CONFIG_FILE
+    if data_cls is ImageDataInfo and not isinstance(model_cfg, ImageModelConfig):
+        raise CheckpointError(
+            f"{folder} holds a {model_cfg.family} model, not an image classifier; "
+            "use the `paraformer lm` commands for language models."
+        )
     if "train" not in saved or "data" not in saved:
         missing = [s for s in ("train", "data") if s not in saved]
         raise CheckpointError(
@@ -175,10 +180,12 @@ def read_run(folder: Path, cls: type[LoopConfig] = TrainConfig) -> SavedRun:
         )
     try:
         train_cfg = from_mapping(cls, saved["train"], "'train' section")
-        data = from_mapping(ImageDataInfo, saved["data"], "'data' section")
+        data = from_mapping(data_cls, saved["data"], "'data' section")
     except ParaformerError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    if len(data.mean) != getattr(model_cfg, "in_channels", len(data.mean)):
+    if isinstance(data, ImageDataInfo) and len(data.mean) != getattr(
+        model_cfg, "in_channels", len(data.mean)
+    ):
         raise CheckpointError(f"{path}: the 'data' section's mean/std do not match the model's channels.")
     return SavedRun(folder, model_cfg, train_cfg, data, saved)
 

@@ -13,7 +13,7 @@ from paraformer.data.base import quiet
 from paraformer.errors import ConfigError
 from paraformer.models import count_params
 from paraformer.train.checkpointing import prepare_out_dir, read_run
-from paraformer.train.config import TrainConfig
+from paraformer.train.config import LoopConfig, TrainConfig
 from paraformer.train.hooks import Hook
 from paraformer.train.loop import Trainer
 from paraformer.train.setup import Setup, prepare
@@ -39,14 +39,11 @@ def train(
     selected (the last one with --val-fraction 0) and tested once at the end.
     Ctrl-C saves the state and stops; --resume continues exactly.
     """
-    from paraformer.parallel.distributed import init_from_env  # parallel/ builds on train/: import late
-
     out_dir = Path(out_dir)
-    ctx = init_from_env(cfg.branch_parallel, cfg.device)
-    log, progress = _main_process_only(ctx, log, progress)
+    ctx, log, progress = start_processes(cfg, log, progress)
     if ctx is None or ctx.is_main:
         prepare_out_dir(out_dir)
-    setup, hooks = _distributed(prepare(cfg, log, progress), ctx, hooks, log)
+    setup, hooks = place_model(prepare(cfg, log, progress), ctx, hooks, log)
     trainer = Trainer(setup, out_dir, log=log, progress=progress, hooks=hooks)
     info, length = setup.data_info, f"{trainer.epochs} epoch{'s' if trainer.epochs != 1 else ''}"
     if setup.cfg.max_steps:
@@ -80,12 +77,17 @@ def resume(
         )
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
     cfg = saved.train_cfg.replace(**changes) if changes else saved.train_cfg
-    from paraformer.parallel.distributed import init_from_env
-
-    ctx = init_from_env(cfg.branch_parallel, cfg.device)
-    log, progress = _main_process_only(ctx, log, progress)
-    setup, hooks = _distributed(prepare(cfg, log, progress), ctx, hooks, log)
+    ctx, log, progress = start_processes(cfg, log, progress)
+    setup, hooks = place_model(prepare(cfg, log, progress), ctx, hooks, log)
     trainer = Trainer(setup, out_dir, log=log, progress=progress, hooks=hooks)
+    return continue_run(trainer, state, log, stop_after_epochs)
+
+
+def continue_run(
+    trainer: Trainer, state: dict[str, Any], log: Log, stop_after_epochs: int | None = None
+) -> dict[str, Any]:
+    """Load the saved state, repair the run folder from it, and train on (image and LM runs)."""
+    out_dir, cfg = trainer.folder.path, trainer.cfg
     trainer.load_state_dict(state)
     if cfg.max_steps is not None and trainer.pos.step > cfg.max_steps:
         raise ConfigError(
@@ -98,18 +100,27 @@ def resume(
         for fixed in trainer.folder.repair(state, trainer.model.cfg, best["epoch"] if best else None, at_end):
             log(f"note: repaired the run folder from its training state: {fixed}")
     if trainer.done():
-        log(f"{out_dir} already finished its {trainer.epochs} epochs; pass --epochs N to train longer.")
+        log(
+            f"{out_dir} already finished ({trainer.epochs} epochs, {trainer.pos.step} steps); "
+            "pass --epochs N or --max-steps N to train longer."
+        )
     return trainer.run(stop_after_epochs)
 
 
-def _main_process_only(ctx: Any, log: Log, progress: bool) -> tuple[Log, bool]:
-    """Other ranks print nothing: one log and one progress bar per run."""
+def start_processes(cfg: LoopConfig, log: Log, progress: bool) -> tuple[Any, Log, bool]:
+    """Join a torchrun launch if this is one: (its context or None, and this process's log/progress).
+
+    Other ranks print nothing: one log and one progress bar per run.
+    """
+    from paraformer.parallel.distributed import init_from_env  # parallel/ builds on train/: import late
+
+    ctx = init_from_env(cfg.branch_parallel, cfg.device)
     if ctx is None or ctx.is_main:
-        return log, progress
-    return quiet, False
+        return ctx, log, progress
+    return ctx, quiet, False
 
 
-def _distributed(setup: Setup, ctx: Any, hooks: Sequence[Hook], log: Log) -> tuple[Setup, list[Hook]]:
+def place_model(setup: Setup, ctx: Any, hooks: Sequence[Hook], log: Log) -> tuple[Setup, list[Hook]]:
     """The model as this process runs it (fused branches, its branch group) and the hooks it needs."""
     from paraformer.parallel.apply import apply_execution
 

@@ -35,7 +35,7 @@ from paraformer.train.metrics import EpochStats, epoch_line, non_finite, prefixe
 from paraformer.train.optim import Stepper, make_optimizer
 from paraformer.train.setup import Setup
 from paraformer.train.state import Position, capture_state, restore_state, seeded
-from paraformer.train.strategies import make_strategy
+from paraformer.train.strategies import StandardStrategy, make_strategy
 
 Log = Callable[[str], None]
 
@@ -52,13 +52,18 @@ class Trainer:
         progress: bool = True,
         hooks: Sequence[Hook] = (),
         first_branch: int = 0,
+        strategy: StandardStrategy | None = None,
+        command: str = "paraformer train",
     ) -> None:
         self.cfg, self.model, self.task, self.device = setup.cfg, setup.model, setup.task, setup.device
         self.log, self.progress, self.hooks = log, progress, Hooks(hooks)
+        self.command = command  # the command that resumes this run, for messages
         cfg = self.cfg
         self.optimizer = make_optimizer(self.model, cfg)
         # first_branch > 0: the branches before it are a fixed base; only later prefixes train.
-        self.strategy = make_strategy(self.model, cfg.mode, cfg.prefix_weights, self.task.loss, first_branch)
+        self.strategy = strategy or make_strategy(
+            self.model, cfg.mode, cfg.prefix_weights, self.task.loss, first_branch
+        )
         self.batches = math.ceil(self.task.num_samples("train") / cfg.batch_size)
         per_epoch = sum(self.batches * self.strategy.steps_per_batch(p) for p in self.strategy.passes)
         self.epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / per_epoch)
@@ -178,7 +183,7 @@ class Trainer:
         )
         if self.task.num_samples("val"):
             record.update(self._evaluate("val"))
-        if self.cfg.eval_every and epoch % self.cfg.eval_every == 0:
+        if self.cfg.eval_every and epoch % self.cfg.eval_every == 0 and self.task.num_samples("test"):
             record.update(self._evaluate("test"))
         self.hooks.on_epoch_end(self, record)
         bad = non_finite(record)
@@ -202,7 +207,7 @@ class Trainer:
     def _interrupted(self) -> dict[str, Any]:
         self.log(
             f"interrupted at epoch {self.pos.epoch + 1}, batch {self.pos.batch}; state saved. "
-            f"Resume with: paraformer train --resume --out {self.folder.path}"
+            f"Resume with: {self.command} --resume --out {self.folder.path}"
         )
         return {"interrupted": True, "position": self.pos.__dict__}
 
@@ -215,9 +220,11 @@ class Trainer:
         model = self.model
         if selected is not self.history[-1]:
             model = load_model(self.folder.path / BEST_DIR, self.device)
-        test = self.task.evaluate(
-            model, "test", prefixes=is_branched(model), bf16=self.cfg.bf16, progress=self.progress
-        )
+        test = {}
+        if self.task.num_samples("test"):
+            test = self.task.evaluate(
+                model, "test", prefixes=is_branched(model), bf16=self.cfg.bf16, progress=self.progress
+            ).metrics()
         extra = {
             "model": self.cfg.model,
             "mode": self.strategy.name,
@@ -232,7 +239,7 @@ class Trainer:
             selected=selected,
             has_val=best is not None,
             metric=self.task.selection_metric,
-            test=test.metrics(),
+            test=test,
             extra=extra,
         )
         if self.writes_files:

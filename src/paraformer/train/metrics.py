@@ -84,7 +84,8 @@ def epoch_line(r: dict[str, Any], epochs: int) -> str:
         if f"{split}_acc" in r:
             parts.append(f"{split} {_pct(r[f'{split}_acc'])}")
         elif f"{split}_loss" in r:
-            parts.append(f"{split} loss {r[f'{split}_loss']:.3f}")
+            ppl = f" (ppl {r[f'{split}_ppl']:.2f})" if isinstance(r.get(f"{split}_ppl"), float) else ""
+            parts.append(f"{split} loss {r[f'{split}_loss']:.3f}{ppl}")
     if r.get("val_acc_prefix"):
         parts.append("val prefixes " + "/".join(f"{100 * a:.1f}" for a in r["val_acc_prefix"]))
     parts.append(f"{r['samples_per_s']:.0f}/s")

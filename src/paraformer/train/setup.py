@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,9 +21,9 @@ from paraformer.errors import ConfigError, DataError, ShapeError
 from paraformer.models import build_model
 from paraformer.registry import get_config, preset_for_images
 from paraformer.train.checkpointing import ImageDataInfo
-from paraformer.train.config import TrainConfig
+from paraformer.train.config import LoopConfig, TrainConfig
 from paraformer.train.devices import bf16_warning, resolve_device
-from paraformer.train.tasks import ImageClassificationTask
+from paraformer.train.tasks import ImageClassificationTask, Task
 
 Log = Callable[[str], None]
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weights, gradients and two Adam moments
@@ -39,10 +40,10 @@ PRESET_FOR_DATASET = {
 class Setup:
     """A run ready to train: its (resolved) config, model, task and device."""
 
-    cfg: TrainConfig
+    cfg: LoopConfig
     model: nn.Module
-    task: ImageClassificationTask
-    data_info: ImageDataInfo
+    task: Task
+    data_info: Any  # ImageDataInfo, LMDataInfo: the run's config.json "data" section
     device: torch.device
 
 

@@ -6,6 +6,7 @@
 - ``FusedStrategy``: every branch once, prefix sums, the weighted mean of all N prefix
   losses, one backward and one step per batch: (N+3)/2 times fewer branch passes
   than progressive per epoch (5.5x at N = 8).
+- ``DeepSupervisionStrategy``: a sequential model's loss read out after every layer.
 
 Strategies ask the model through the ``Branched`` protocol (``num_branches``,
 ``prefix_logits``) and the task for the loss, so they train any branched model on
@@ -104,6 +105,23 @@ class FusedStrategy(StandardStrategy):
         logits = model.prefix_logits(x, start=self.first_branch)  # (K, B, ...)
         losses = torch.stack([self.loss(prefix, y) for prefix in logits])  # (K,)
         loss = (losses * self.weights.to(losses.device)).sum()
+        step(loss)
+        return StepResult(loss.item(), logits[-1].detach())
+
+
+class DeepSupervisionStrategy(StandardStrategy):
+    """A sequential model trained on the mean of the losses read out after every layer.
+
+    The model must provide ``layer_logits(x) -> (L, B, ...)`` (the language models do).
+    """
+
+    name = "deep-supervision"
+
+    def train_batch(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, pass_name: str, step: Stepper
+    ) -> StepResult:
+        logits = model.layer_logits(x)  # (L, B, ...)
+        loss = torch.stack([self.loss(layer, y) for layer in logits]).mean()
         step(loss)
         return StepResult(loss.item(), logits[-1].detach())
 

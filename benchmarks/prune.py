@@ -1,0 +1,310 @@
+"""CascadeFlow vs pruning heuristics: perplexity after removing layers, and rank stability.
+
+Reads the runs that ``benchmarks/lm.py`` trained (``<runs>/<model>-s<seed>``, with the
+half-way checkpoint in ``mid/``). For every training seed and K in ``--ks`` it removes
+K of the 8 layers by each method (random over ``--random-seeds`` seeds), and measures
+test perplexity (the test split is used by no method; the data-driven methods calibrate
+on validation windows) without and with a short healing fine-tune (``--heal-steps`` at
+a constant rate, through the same code as ``paraformer lm prune --heal-steps``).
+FinerCut removes 2K sub-layers (attention or FFN), the same count of sub-layers as K
+layers. Rank stability is the Spearman correlation of each scorer's layer ranking
+between two training seeds (every pair) and between the half-way and the final
+checkpoint of one run. Results are cached per seed (``--reuse``); the tables go into
+BENCHMARKS.md between ``<!-- lm-prune:begin/end -->``.
+
+    python benchmarks/prune.py --seeds 0 1 2 --reuse
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from machine import describe
+from paraformer.analysis.layer_scores import (
+    METHODS,
+    angular_distances,
+    block_influence,
+    cascadeflow_scores,
+    choose_removal,
+    finercut_layer_scores,
+    finercut_order,
+    magnitude_scores,
+    random_scores,
+    spearman,
+)
+from paraformer.checkpoint import load_model
+from paraformer.lm_runs import calibration_batches, heal_config, read_history, run_corpus
+from paraformer.train.lm_launch import read_lm_run, train_lm
+from paraformer.train.lm_task import evaluate_tokens
+from report import pm, update_section  # benchmarks/report.py, beside this script
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORERS = (
+    "cascadeflow",
+    "cascadeflow-taylor",
+    "magnitude",
+    "block-influence",
+    "angular",
+    "finercut",
+    "random",
+)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def layer_scores(
+    method: str, model: torch.nn.Module, record: dict, batches: torch.Tensor, seed: int
+) -> list[float]:
+    if method.startswith("cascadeflow"):
+        return cascadeflow_scores(record, "taylor" if method.endswith("taylor") else "norm")
+    if method == "magnitude":
+        return magnitude_scores(model)
+    if method == "block-influence":
+        return block_influence(model, batches)
+    if method == "angular":
+        return angular_distances(model, batches, 1)
+    if method == "finercut":
+        return finercut_layer_scores(finercut_order(model, batches), model.cfg.depth)
+    return random_scores(model.cfg.depth, seed)
+
+
+def removal_key(row: dict[str, Any]) -> tuple:
+    return tuple(row["layers"]), tuple(row["attn"]), tuple(row["mlp"])
+
+
+def ppl(model: torch.nn.Module, tokens: torch.Tensor, seq_len: int) -> float:
+    return evaluate_tokens(model, tokens, seq_len, batch_size=32).ppl
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """All pruning results and layer rankings of one training seed (cached as JSON)."""
+    cache = Path(args.out) / f"{args.model}-s{seed}.json"
+    result: dict[str, Any] = json.loads(cache.read_text()) if args.reuse and cache.is_file() else {}
+    folder = Path(args.runs) / f"{args.model}-s{seed}"
+    saved = read_lm_run(folder)
+    corpus = run_corpus(saved, folder)
+    seq_len = saved.data.seq_len
+    batches = calibration_batches(corpus, seq_len, args.calib_windows)
+    test = corpus.tokens["test"]
+
+    def save() -> None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result, indent=1))
+
+    rankings = result.setdefault("rankings", {})
+    for ckpt, ckpt_dir in (("final", folder), ("mid", folder / "mid")):
+        if ckpt in rankings:
+            continue
+        model = load_model(ckpt_dir).eval()
+        record = read_history(ckpt_dir)[-1]
+        rankings[ckpt] = {
+            m: layer_scores(m, model, record, batches, seed * 1000 + (ckpt == "mid")) for m in SCORERS
+        }
+        log(f"seed {seed}: {ckpt} rankings")
+        save()
+    model = load_model(folder).eval()  # the final weights (the run's last checkpoint)
+    record = read_history(folder)[-1]
+    if "full" not in result:
+        result["full"] = {"test_ppl": ppl(model, test, seq_len)}
+    order = None
+    rows = result.setdefault("rows", {})
+    for k in args.ks:
+        for method in SCORERS:
+            for r in range(args.random_seeds if method == "random" else 1):
+                key = f"{method}|{k}|{r}"
+                heal = bool(args.heal_steps) and (method != "random" or r < args.heal_random_seeds)
+                heal = heal and (method != "cascadeflow-taylor" or args.heal_taylor)
+                row = rows.get(key)
+                if row is not None and (not heal or "healed_test_ppl" in row):
+                    continue
+                if method == "finercut" and order is None:
+                    order = finercut_order(model, batches)
+                removal = choose_removal(
+                    method,
+                    model,
+                    k,
+                    grad_record=record,
+                    batches=batches,
+                    seed=1000 * seed + r,
+                    finercut=order,
+                )
+                pruned = removal.apply(model).eval()
+                if row is None:
+                    row = {
+                        "layers": removal.layers,
+                        "attn": removal.attn,
+                        "mlp": removal.mlp,
+                        "params": pruned.num_params(),
+                        "test_ppl": ppl(pruned, test, seq_len),
+                    }
+                same = next(
+                    (
+                        r
+                        for r in rows.values()
+                        if removal_key(r) == removal_key(row) and "healed_test_ppl" in r
+                    ),
+                    None,
+                )
+                if heal and same is not None:  # the same pruned model heals the same way (deterministic)
+                    row.update(healed_test_ppl=same["healed_test_ppl"], healed_val_ppl=same["healed_val_ppl"])
+                elif heal:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        cfg = heal_config(saved, args.heal_steps, args.heal_lr).replace(grad_stats=False)
+                        summary = train_lm(
+                            cfg, Path(tmp) / "heal", log=lambda _m: None, progress=False, model=pruned
+                        )
+                    row.update(healed_test_ppl=summary["test_ppl"], healed_val_ppl=summary["val_ppl"])
+                rows[key] = row
+                healed = row.get("healed_test_ppl", float("nan"))
+                log(f"seed {seed}: {key} test ppl {row['test_ppl']:.2f}, healed {healed:.2f}")
+                save()
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def pruning_table(args: argparse.Namespace, results: dict[int, dict], healed: bool) -> list[str]:
+    key = "healed_test_ppl" if healed else "test_ppl"
+    ks = args.ks
+    head = " | ".join(f"K={k} ({k / 8:.1%})" for k in ks)
+    lines = [f"| method | {head} |", "|---" * (len(ks) + 1) + "|"]
+    full = [r["full"]["test_ppl"] for r in results.values()]
+    lines.append("| none (full model) | " + " | ".join(pm(full) for _ in ks) + " |")
+    for method in SCORERS:
+        cells = []
+        for k in ks:
+            values = [
+                row[key]
+                for r in results.values()
+                for name, row in r["rows"].items()
+                if name.startswith(f"{method}|{k}|") and key in row
+            ]
+            cells.append(pm(values))
+        label = f"{method} (random seeds pooled)" if method == "random" else method
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def stability_table(results: dict[int, dict]) -> list[str]:
+    lines = [
+        "| scorer | Spearman across training seeds | Spearman mid vs final checkpoint |",
+        "|---|---|---|",
+    ]
+    seeds = sorted(results)
+    for method in SCORERS:
+        across = [
+            spearman(results[a]["rankings"]["final"][method], results[b]["rankings"]["final"][method])
+            for a, b in itertools.combinations(seeds, 2)
+        ]
+        ckpt = [
+            spearman(results[s]["rankings"]["mid"][method], results[s]["rankings"]["final"][method])
+            for s in seeds
+        ]
+        lines.append(f"| {method} | {pm(across, one='1 pair of seeds')} | {pm(ckpt)} |")
+    return lines
+
+
+def removed_table(results: dict[int, dict], k: int) -> list[str]:
+    lines = [
+        "| method | " + " | ".join(f"seed {s}" for s in sorted(results)) + " |",
+        "|---" * (len(results) + 1) + "|",
+    ]
+    for method in SCORERS:
+        if method == "random":
+            continue
+        cells = []
+        for s in sorted(results):
+            row = results[s]["rows"].get(f"{method}|{k}|0", {})
+            text = ",".join(str(i + 1) for i in row.get("layers", []))
+            if row.get("attn") or row.get("mlp"):
+                subs = [f"A{i + 1}" for i in row["attn"]] + [f"F{i + 1}" for i in row["mlp"]]
+                text = " ".join(filter(None, [text and f"L{text}", " ".join(subs)]))
+            else:
+                text = f"L{text}"
+            cells.append(text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", default=str(ROOT / "runs/bench-lm"))
+    parser.add_argument("--out", default=str(ROOT / "runs/bench-prune"))
+    parser.add_argument("--model", default="lm_uniform_small")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--ks", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--random-seeds", type=int, default=5)
+    parser.add_argument("--heal-steps", type=int, default=20)
+    parser.add_argument("--heal-lr", type=float, default=3e-4)
+    parser.add_argument(
+        "--heal-random-seeds", type=int, default=1, help="random removals that are also healed"
+    )
+    parser.add_argument(
+        "--heal-taylor", action="store_true", help="also heal the cascadeflow-taylor removals"
+    )
+    parser.add_argument("--calib-windows", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args()
+    assert set(SCORERS) <= set(METHODS)
+    torch.set_num_threads(args.threads)
+    results = {seed: run_seed(args, seed) for seed in args.seeds}
+    if args.no_report:
+        return
+    command = "python " + " ".join(["benchmarks/prune.py", *sys.argv[1:]])
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    protocol = (
+        f"Protocol: the `{args.model}` runs of the comparison above (8 layers), training seeds {args.seeds}, "
+        f"final weights; test perplexity (mean ± std over training seeds; random: over "
+        f"{args.random_seeds} removal seeds x training seeds, healed: {args.heal_random_seeds} removal "
+        f"seed(s)); calibration for block-influence, angular and finercut: the first {args.calib_windows} "
+        f"validation windows; healing: {args.heal_steps} steps of the run's own batches at a constant "
+        f"lr {args.heal_lr}; FinerCut removes 2K sub-layers."
+    )
+    k_main = 2 if 2 in args.ks else args.ks[0]
+    section = [
+        "### Pruning: CascadeFlow vs heuristics (test perplexity after removing K of 8 layers)",
+        "",
+        f"Written {stamp} on {describe()}.",
+        "",
+        f"`{command}`",
+        "",
+        protocol,
+        "",
+        "**Without healing**",
+        "",
+        *pruning_table(args, results, healed=False),
+        "",
+        f"**After {args.heal_steps} healing steps**",
+        "",
+        *pruning_table(args, results, healed=True),
+        "",
+        "**Rank stability** (Spearman correlation of the per-layer ranking)",
+        "",
+        *stability_table(results),
+        "",
+        f"**What each method removed at K={k_main}** (L = whole layer, A = attention, F = FFN; 1-based)",
+        "",
+        *removed_table(results, k_main),
+    ]
+    update_section("lm-prune", "\n".join(section))
+    log("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
