@@ -35,7 +35,7 @@ import torch
 
 from machine import describe  # benchmarks/machine.py, beside this script
 from paraformer.train import TrainConfig, resume, train
-from report import update_section
+from report import pm, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -76,8 +76,22 @@ def base_config(dataset: str, arm: str, args: argparse.Namespace, seed: int) -> 
     )
 
 
-def run(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or read back, or resume) one run; its summary and per-epoch history."""
+def run(cfg: TrainConfig | None, run_dir: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train (or read back, or resume) one run; its summary and per-epoch history.
+
+    With ``--report-only`` a finished run is read back whatever its config, and anything
+    else is skipped (None): nothing trains.
+    """
+    if args.report_only:
+        done = run_dir / "summary.json"
+        if not (done.is_file() and json.loads(done.read_text()).get("complete")):
+            return None
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return {
+            "summary": json.loads(done.read_text()),
+            "history": [json.loads(line) for line in lines],
+            "config": json.loads((run_dir / "config.json").read_text()).get("train"),
+        }
     saved = run_dir / "config.json"
     same = saved.is_file() and json.loads(saved.read_text()).get("train") == cfg.to_dict()
     log = lambda line: print("   ", line, flush=True)  # noqa: E731
@@ -108,19 +122,23 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dic
                 base_config(dataset, arm, args, seed), args.out / f"{dataset}-{arm}-seed{seed}", args
             )
     prog = out.get("progressive")
-    costs = epoch_costs(dataset, args) if any(a.endswith("time") for a in budget) else {}
+    timed = any(a.endswith("time") for a in budget) and not args.report_only
+    costs = epoch_costs(dataset, args) if timed else {}
     for arm in ("vit-steps", "fused-steps", "vit-time", "fused-time"):
         if arm not in args.arms or prog is None:
             continue
         cfg = base_config(dataset, arm, args, seed)
-        if arm.endswith("steps"):
+        if args.report_only:
+            cfg = None
+        elif arm.endswith("steps"):
             cfg = cfg.replace(max_steps=prog["summary"]["steps"])
         else:
             ratio = costs["progressive"] / costs[arm.split("-")[0]]
             cfg = cfg.replace(epochs=max(1, round(prog["summary"]["epochs_completed"] * ratio)))
         out[arm] = run(cfg, args.out / f"{dataset}-{arm}-seed{seed}", args)
-        out[arm]["epoch_cost_ratio"] = costs.get("progressive", 0) / costs.get(arm.split("-")[0], 1)
-    return {arm: r for arm, r in out.items() if arm in args.arms}
+        if costs and out[arm] is not None:
+            out[arm]["epoch_cost_ratio"] = costs["progressive"] / costs[arm.split("-")[0]]
+    return {arm: r for arm, r in out.items() if arm in args.arms and r is not None}
 
 
 def epoch_costs(dataset: str, args: argparse.Namespace) -> dict[str, float]:
@@ -142,17 +160,6 @@ def epoch_costs(dataset: str, args: argparse.Namespace) -> dict[str, float]:
     return costs
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def pm(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    mean, std = mean_std(values)
-    if len(values) == 1 or std == 0:
-        return f"{scale * mean:.{digits}f}"
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
-
-
 def verdict(a: list[float], b: list[float]) -> str:
     """'win' / 'loss' when the mean difference a - b exceeds twice its standard error, else 'tie'."""
     diff = statistics.fmean(a) - statistics.fmean(b)
@@ -166,14 +173,15 @@ def verdict(a: list[float], b: list[float]) -> str:
 def table(dataset: str, results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
     seeds = sorted(results)
     lines = [
-        f"**{dataset}** (seeds {', '.join(map(str, seeds))}; mean ± std)",
+        f"**{dataset}** (mean ± std over the seeds each row names)",
         "",
-        "| run | epochs | optimizer steps | training s | val acc % | test acc % "
+        "| run | seeds | epochs | optimizer steps | training s | val acc % | test acc % "
         "| test acc with first k branches % |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
-        runs = [results[s][arm] for s in seeds if arm in results[s]]
+        ran = [s for s in seeds if arm in results[s]]
+        runs = [results[s][arm] for s in ran]
         if not runs:
             continue
         summaries = [r["summary"] for r in runs]
@@ -185,10 +193,11 @@ def table(dataset: str, results: dict[int, dict[str, dict[str, Any]]]) -> list[s
             )
 
         def col(key: str, scale: float = 1.0, digits: int = 0, summaries=summaries) -> str:
-            return pm([s[key] for s in summaries], scale, digits)
+            return pm([scale * s[key] for s in summaries], digits, one="")
 
         lines.append(
-            f"| {LABELS[arm]} | {col('epochs_completed')} | {col('steps')} | {col('train_seconds')} "
+            f"| {LABELS[arm]} | {', '.join(map(str, ran))} | {col('epochs_completed')} | {col('steps')} "
+            f"| {col('train_seconds')} "
             f"| {col('val_acc', 100, 2)} | {col('test_acc', 100, 2)} | {curve} |"
         )
     return lines
@@ -235,13 +244,15 @@ def plot(dataset: str, results: dict[int, dict[str, dict[str, Any]]], path: Path
         ax_t.plot(
             *zip(*points, strict=True), style, marker="o", markersize=2, color=f"C{i}", label=LABELS[arm]
         )
-        prefixes = [results[s][arm]["summary"].get("test_acc_prefix") for s in results if arm in results[s]]
+        prefixes = [r[arm]["summary"].get("test_acc_prefix") for r in results.values() if arm in r]
         if all(prefixes):
             ks = range(1, len(prefixes[0]) + 1)
             means = [100 * statistics.fmean(p[k - 1] for p in prefixes) for k in ks]
             ax_k.plot(ks, means, marker="o", color=f"C{i}", label=LABELS[arm])
         elif arm == "vit":
-            acc = statistics.fmean(results[s][arm]["summary"]["test_acc"] for s in results)
+            acc = statistics.fmean(
+                results[s][arm]["summary"]["test_acc"] for s in results if arm in results[s]
+            )
             ax_k.axhline(100 * acc, color=f"C{i}", linestyle="--", label=LABELS[arm])
     ax_t.set(xlabel="training seconds", ylabel="validation accuracy (%)", title=f"{dataset}: seed {seed}")
     ax_k.set(
@@ -275,6 +286,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-accuracy")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: tabulate the finished runs in --out"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -285,6 +299,7 @@ def main() -> None:
             f"--epochs {args.epochs} --limit-train {args.limit_train} --batch-size {args.batch_size}",
             f"--lr {args.lr:g} --dim {args.dim} --heads {args.heads} --branches {args.branches}",
             f"--branch-depth {args.branch_depth} --seeds {' '.join(map(str, args.seeds))}",
+            f"--arms {' '.join(args.arms)}",
             f"--threads {args.threads}" if args.threads else "",
         ]
     ).strip()

@@ -29,4 +29,6 @@ def describe() -> str:
     )
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
+    if hasattr(os, "getloadavg"):  # how busy the shared machine was: it skews multi-process figures
+        text += f", load average {os.getloadavg()[0]:.1f}"
     return text

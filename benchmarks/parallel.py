@@ -467,24 +467,18 @@ def main() -> None:
     if args.quick:
         args.rounds, args.big_batch, args.train_batch, args.dist_rounds, args.steps = 1, 8, 16, 1, 1
         args.dist_batch = 16
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     argv = " ".join(sys.argv[1:])
-    lines = [
-        "### Fused and parallel branches (CPU)",
-        "",
-        f"{stamp}, {describe()}.",
-        "",
-        f"`python benchmarks/parallel.py {argv}`".replace(" `", "`"),
-        "",
-    ]
-    if "single" in args.parts:
-        lines += part_one(args) + [""]
-    if "distributed" in args.parts:
-        lines += part_two(args) + [""]
-    section = "\n".join(lines)
-    print(section, flush=True)
-    if not args.no_write:
-        update_section("parallel", section)
+    parts = {"single": ("one process", part_one), "distributed": ("torchrun ranks", part_two)}
+    for part in args.parts:  # each part its own section, so either can be re-run alone
+        title, measure = parts[part]
+        body = measure(args)
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        lines = [f"### Fused and parallel branches, {title} (CPU)", "", f"{stamp}, {describe()}.", ""]
+        lines += [f"`python benchmarks/parallel.py {argv}`".replace(" `", "`"), ""] + body + [""]
+        section = "\n".join(lines)
+        print(section, flush=True)
+        if not args.no_write:
+            update_section(f"parallel-{part}", section)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def pm(values: list[float], digits: int = 2, one: str = "1 seed") -> str:
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.{digits}f} ({one})"
+        return f"{values[0]:.{digits}f} ({one})" if one else f"{values[0]:.{digits}f}"
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
