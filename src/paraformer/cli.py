@@ -231,6 +231,19 @@ def _info_command(args: argparse.Namespace) -> int:
             f"  trained {summary['epochs_completed']}/{summary.get('epochs')} epochs on "
             f"{summary.get('dataset')} ({summary.get('mode')}){acc_text}"
         )
+    if isinstance(summary, dict) and isinstance(summary.get("compression"), dict):
+        c = summary["compression"]
+        print(
+            f"  compressed from {c.get('run')}: branches {c.get('branches')} of {c.get('of_branches')} "
+            f"({c.get('select')}), {c.get('ratio_vs_full', 0):.2f}x fewer parameters than the full model"
+        )
+    if isinstance(summary, dict) and isinstance(summary.get("expansion"), dict):
+        e = summary["expansion"]
+        classes = f", new classes {e['new_classes']}" if e.get("new_classes") else ""
+        print(
+            f"  expanded from {e.get('run')}: {e.get('old_branches')} frozen + "
+            f"{e.get('added_branches')} new branches{classes}"
+        )
     return 0
 
 
