@@ -32,7 +32,6 @@ batches (a list, a DataLoader).
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -191,7 +190,10 @@ def _grow_head(model: nn.Module, num_classes: int, seed: int | None) -> nn.Modul
 
 
 def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 20) -> float:
-    """Median milliseconds of one forward pass of ``example`` (after two warm-up passes)."""
+    """Milliseconds of one forward pass of ``example``: the fastest of ``repeats`` after two warm-ups.
+
+    The fastest run is the one least disturbed by other processes on a shared machine.
+    """
     was_training = model.training
     model.eval()
     times = []
@@ -204,7 +206,7 @@ def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 20) -> fl
                     times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
-    return 1000 * statistics.median(times)
+    return 1000 * min(times)
 
 
 def sweep(
@@ -218,7 +220,7 @@ def sweep(
     """One row per k = 1..N for the model of the first k branches.
 
     Each row has ``branches``, ``params``, ``flops_per_image``, ``latency_ms`` (batch 1,
-    median; None with ``latency=False``) and ``<split>_acc`` / ``<split>_loss`` for each
+    fastest of ``repeats``; None with ``latency=False``) and ``<split>_acc`` / ``<split>_loss`` for each
     split of ``data`` (a mapping such as ``{"val": ..., "test": ...}``; plain data counts
     as ``"test"``). Accuracies come from one pass per split (all prefixes at once).
     """
@@ -255,7 +257,7 @@ def export_onnx(
 
     ``example`` is a batch of real, model-ready images. The report holds the file, the
     largest absolute difference between onnxruntime's and PyTorch's logits on
-    ``example``, and batch-1 latencies (ms, median) of both; the check fields are None
+    ``example``, and batch-1 latencies (ms, fastest of ``repeats``) of both; the check fields are None
     when onnxruntime is not installed.
     """
     try:
@@ -307,7 +309,7 @@ def export_onnx(
         session.run(None, one)
         if i >= 2:
             times.append(time.perf_counter() - start)
-    report["onnxruntime_latency_ms"] = 1000 * statistics.median(times)
+    report["onnxruntime_latency_ms"] = 1000 * min(times)
     return report
 
 
