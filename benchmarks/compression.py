@@ -35,10 +35,11 @@ import torch
 
 from machine import describe  # benchmarks/machine.py, beside this script
 from paraformer.checkpoint import load_model
+from paraformer.models import count_params
 from paraformer.runs import checkpoint_folder, run_datasets, run_transform
-from paraformer.surgery import compress, greedy_order, sweep
+from paraformer.surgery import compress, evaluate_selections, greedy_order
 from paraformer.surgery_runs import compress_run
-from paraformer.train import TrainConfig, evaluate, train
+from paraformer.train import TrainConfig, train
 from paraformer.train.checkpointing import read_run
 from report import pm, update_section  # benchmarks/report.py, beside this script
 
@@ -98,16 +99,17 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, Any
     transform = run_transform(saved)
     val, test = (data["val"], transform), (data["test"], transform)
     out: dict[str, Any] = {"prefix": {}, "greedy": {}, "greedy-ft": {}, "vit": {}}
-    for row in sweep(model, {"val": val, "test": test}, latency=False):
-        out["prefix"][row["branches"]] = {k: row[k] for k in ("params", "val_acc", "test_acc")}
     order = greedy_order(model, val)  # validation only
     out["greedy_order"] = order
-    for k in range(1, n + 1):
-        small = compress(model, order[:k])
-        out["greedy"][k] = {
-            "params": sum(p.numel() for p in small.parameters()),
-            "val_acc": evaluate(small, data["val"], transform).accuracy,
-            "test_acc": evaluate(small, data["test"], transform).accuracy,
+    ks = range(1, n + 1)
+    selections = [*ks, *(order[:k] for k in ks)]  # prefixes, then greedy's choices
+    scores = {split: evaluate_selections(model, d, selections) for split, d in (("val", val), ("test", test))}
+    for i, selection in enumerate(selections):
+        method, k = ("prefix", i + 1) if i < n else ("greedy", i + 1 - n)
+        out[method][k] = {
+            "params": count_params(compress(model, selection)),
+            "val_acc": scores["val"][i]["acc"],
+            "test_acc": scores["test"][i]["acc"],
         }
     for k in args.finetune_ks:
         ft_dir = args.out / f"{dataset}-greedy{k}-ft-seed{seed}"
@@ -119,6 +121,7 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, Any
             branches=k,
             select="greedy",
             finetune_epochs=args.finetune_epochs,
+            compare_full=False,
             progress=False,
             log=lambda line: print("   ", line, flush=True),
         )
@@ -266,8 +269,8 @@ def main() -> None:
     parser.add_argument("--branches", type=int, default=8)
     parser.add_argument("--branch-depth", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=1)
-    parser.add_argument("--finetune-ks", type=int, nargs="*", default=[1, 2, 4])
-    parser.add_argument("--vit-ks", type=int, nargs="*", default=[1, 2, 4, 8])
+    parser.add_argument("--finetune-ks", type=int, nargs="*", default=[2])
+    parser.add_argument("--vit-ks", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--reuse", action="store_true", help="read finished runs in --out back")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")

@@ -6,6 +6,8 @@ model exactly as it was (weights, training flag, device).
 - ``compress(model, branches)``: keep the first K branches (``branches=K``) or the
   listed ones in the listed order; embedding and head are kept. Its logits equal
   ``model(x, branches=branches)``.
+- ``evaluate_selections(model, data, selections)``: accuracy and loss of many branch
+  selections from one pass over ``data`` (each branch runs once).
 - ``greedy_order(model, data)``: the order in which greedy selection adds branches:
   starting from none, each time the branch whose addition gives the lowest loss on
   ``data``. Pass validation data, never test data; ``compress(model, order[:K])`` is
@@ -101,6 +103,52 @@ def compress(model: nn.Module, branches: BranchSelection) -> nn.Module:
 
 
 @torch.no_grad()
+def branch_readouts(model: nn.Module, data: Data, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every branch's read-out output over ``data`` from one pass, and the labels.
+
+    Returns ``(N, V, T', D)`` (T' = 1 for a class-token head) and ``(V,)``: the head of
+    the sum of any selection of them is that selection's logits.
+    """
+    model = require_image_paraformer(model, "reading branch outputs")
+    was_training = model.training
+    model.eval()
+    parts, labels = [], []
+    try:
+        for x, y in model_batches(data, batch_size, _device(model)):
+            tokens = model.embed_input(x)  # (B, T, D)
+            outs = model.branches.run(tokens, range(model.num_branches))  # N x (B, T, D)
+            parts.append(torch.stack([model.head_input(o) for o in outs]))  # (N, B, T', D)
+            labels.append(y)
+    finally:
+        model.train(was_training)
+    if not parts:
+        raise ConfigError("judging branches needs data; the data is empty.")
+    return torch.cat(parts, dim=1), torch.cat(labels)
+
+
+@torch.no_grad()
+def evaluate_selections(
+    model: nn.Module, data: Data, selections: Sequence[BranchSelection], *, batch_size: int = 500
+) -> list[dict[str, float]]:
+    """``{"acc", "loss"}`` of the model restricted to each selection, from one pass over ``data``.
+
+    ``evaluate_selections(model, test, [order[:k] for k in range(1, n + 1)])`` measures
+    every greedy k-branch model at the cost of one forward pass of the full model.
+    """
+    outputs, targets = branch_readouts(model, data, batch_size)
+    results = []
+    for selection in selections:
+        logits = model.head_logits(outputs[model.branches.resolve(selection)].sum(dim=0)).float()
+        results.append(
+            {
+                "acc": (logits.argmax(-1) == targets).float().mean().item(),
+                "loss": F.cross_entropy(logits, targets).item(),
+            }
+        )
+    return results
+
+
+@torch.no_grad()
 def greedy_order(
     model: nn.Module, data: Data, *, branches: int | None = None, batch_size: int = 500
 ) -> list[int]:
@@ -115,20 +163,7 @@ def greedy_order(
     model = require_image_paraformer(model, "greedy branch selection")
     n = model.num_branches
     steps = n if branches is None else len(model.branches.resolve(branches))
-    was_training = model.training
-    model.eval()
-    parts, labels = [], []
-    try:
-        for x, y in model_batches(data, batch_size, _device(model)):
-            tokens = model.embed_input(x)  # (B, T, D)
-            outs = model.branches.run(tokens, range(n))  # N x (B, T, D)
-            parts.append(torch.stack([model.head_input(o) for o in outs]))  # (N, B, T|1, D)
-            labels.append(y)
-    finally:
-        model.train(was_training)
-    if not parts:
-        raise ConfigError("greedy selection needs data to judge branches on; the data is empty.")
-    outputs, targets = torch.cat(parts, dim=1), torch.cat(labels)  # (N, V, T|1, D), (V,)
+    outputs, targets = branch_readouts(model, data, batch_size)  # (N, V, T', D), (V,)
     chosen: list[int] = []
     total = torch.zeros_like(outputs[0])
     for _ in range(steps):

@@ -89,6 +89,7 @@ def compress_run(
     finetune_lr: float | None = None,
     weights: str = "best",
     data_dir: str | None = None,
+    compare_full: bool = True,
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -100,7 +101,8 @@ def compress_run(
     default a tenth of the run's lr; the best-validation epoch is kept). The folder
     loads like any run (``eval``, ``info``, ``export``); its ``summary.json`` holds the
     compression ratios against the full model and against its parameter-matched ViT
-    twin, and validation and test accuracy before and after.
+    twin, and validation and test accuracy of the kept model (and, with ``compare_full``,
+    of the full model).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if select not in SELECTIONS:
@@ -152,7 +154,7 @@ def compress_run(
         extra = {k: v for k, v in saved.config_json.items() if k != "model"}
         save_weights(out_dir, small.state_dict(), small.cfg, {**extra, "compressed_from": record})
     test = run_datasets(saved, data_dir, ("test",))["test"]  # read after everything is chosen
-    for name, net in (("full", model), ("kept", small)):
+    for name, net in (("full", model), ("kept", small))[0 if compare_full else 1 :]:
         for split, data in (("val", val), ("test", test)):
             if data is not None:
                 acc = evaluate(net, data, transform, batch_size=cfg.eval_batch_size).accuracy
