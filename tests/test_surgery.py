@@ -296,3 +296,16 @@ def test_a_compressed_copy_of_a_run_is_independent(run_dir: Path, tmp_path: Path
         main(["compress", str(copy), "--branches", "1", "--out", str(tmp_path / "one"), "--no-progress"]) == 0
     )
     assert (copy / "best" / "model.safetensors").read_bytes() == before
+
+
+def test_evaluate_selections_match_the_restricted_models() -> None:
+    from paraformer import evaluate_selections
+
+    model = tiny(3)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 4, (16,))
+    selections = [1, 3, [2], [2, 0]]
+    scores = evaluate_selections(model, (x, y), selections)
+    for selection, score in zip(selections, scores, strict=True):
+        logits = model(x, branches=selection)
+        assert score["acc"] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
+        assert score["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
