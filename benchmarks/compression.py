@@ -254,6 +254,11 @@ def plot(dataset: str, results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def with_int_keys(result: dict[str, Any]) -> dict[str, Any]:
+    """A seed's results read back from JSON, whose object keys (the k) became strings."""
+    return {m: {int(k): v for k, v in r.items()} if m in METHODS else r for m, r in result.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -276,6 +281,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-compression")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the section from the seeds already in benchmarks/results/compression-<dataset>.json",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -294,7 +304,11 @@ def main() -> None:
     ).strip()
     for dataset in args.datasets:
         results = []
-        for seed in args.seeds:
+        if args.report_only:
+            saved = json.loads((RESULTS / f"compression-{dataset}.json").read_text())
+            command, results = saved["command"], [with_int_keys(r) for r in saved["results"]]
+            args.seeds = args.seeds[: len(results)]
+        for seed in args.seeds if not args.report_only else ():
             results.append(run_seed(dataset, seed, args))
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / f"compression-{dataset}.json").write_text(
