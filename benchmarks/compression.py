@@ -33,19 +33,19 @@ from typing import Any
 
 import torch
 
+from accuracy import PRESETS, base_config, run  # benchmarks/accuracy.py: the same recipe
 from machine import describe  # benchmarks/machine.py, beside this script
 from paraformer.checkpoint import load_model
 from paraformer.models import count_params
 from paraformer.runs import checkpoint_folder, run_datasets, run_transform
 from paraformer.surgery import compress, evaluate_selections, greedy_order
 from paraformer.surgery_runs import compress_run
-from paraformer.train import TrainConfig, train
+from paraformer.train import TrainConfig
 from paraformer.train.checkpointing import read_run
 from report import pm, update_section  # benchmarks/report.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PRESETS = {"fashion-mnist": "tiny_fmnist", "cifar10": "tiny_cifar"}
 METHODS = ("prefix", "greedy", "greedy-ft", "vit")
 LABELS = {
     "prefix": "ParaFormer, first k branches",
@@ -56,36 +56,16 @@ LABELS = {
 
 
 def config(dataset: str, family: str, depth: int, args: argparse.Namespace, seed: int) -> TrainConfig:
-    shape = {"dim": args.dim, "heads": args.heads, "mlp_dim": 4 * args.dim}
-    if family == "vit":
-        overrides = {**shape, "depth": depth}
-    else:
-        overrides = {**shape, "num_branches": args.branches, "branch_depth": args.branch_depth}
-    return TrainConfig(
-        model=f"{family}_{PRESETS[dataset]}",
-        model_overrides=overrides,
-        dataset=dataset,
-        data_dir=args.data_dir,
-        mode="fused",
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=seed,
-        limit_train=args.limit_train,
-        val_fraction=0.1,
-    )
+    """accuracy.py's recipe: the ParaFormer trained fused, or a ViT of the given depth."""
+    if family == "paraformer":
+        return base_config(dataset, "fused", args, seed)
+    vit = base_config(dataset, "vit", args, seed)
+    return vit.replace(model_overrides={**vit.model_overrides, "depth": depth})
 
 
 def trained(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one run (or read it back with --reuse); its summary."""
-    saved = run_dir / "config.json"
-    same = saved.is_file() and json.loads(saved.read_text()).get("train") == cfg.to_dict()
-    print(f"== {run_dir.name}", flush=True)
-    if args.reuse and same and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    return train(cfg, run_dir, progress=False, log=lambda line: print("   ", line, flush=True))
+    """Train one run (or read it back / resume it with --reuse); its summary."""
+    return run(cfg, run_dir, args)["summary"]
 
 
 def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:

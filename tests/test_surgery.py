@@ -17,6 +17,7 @@ from paraformer.errors import ConfigError
 from paraformer.models import ParaFormer, ViT
 from paraformer.train import TrainConfig, evaluate
 from paraformer.train.expansion import train_expansion
+from test_cli import one_line_error
 
 TINY = dict(image_size=8, patch_size=4, in_channels=1, num_classes=4, dim=16, heads=2, mlp_dim=32)
 SMALL = [
@@ -166,16 +167,6 @@ def vit_run(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     vit = ViT(ViTConfig(**{**TINY, "image_size": 28, "in_channels": 1, "num_classes": 3}, depth=1))
     save_weights(out, vit.state_dict(), vit.cfg, {k: v for k, v in saved.items() if k != "model"})
     return out
-
-
-def one_line_error(capsys: pytest.CaptureFixture[str], code: int, *words: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    last = err.splitlines()[-1]
-    assert last.startswith("error: ") and "Traceback" not in err, err
-    for word in words:
-        assert word in last, (word, last)
-    return last
 
 
 def test_sweep_writes_table_json_png_and_its_last_row_is_plain_eval(run_dir: Path, capsys) -> None:
