@@ -100,6 +100,8 @@ def test_expansion_training_leaves_the_frozen_branches_bit_identical() -> None:
     )
     with pytest.raises(ConfigError, match="old_branches"):
         train_expansion(model, 4, train, cfg=cfg)
+    whole, _ = train_expansion(tiny(2), 0, images(48), cfg=cfg.replace(epochs=1))  # a first task
+    assert not torch.equal(whole.state_dict()["embed.cls_token"], tiny(2).state_dict()["embed.cls_token"])
 
 
 def test_greedy_order_picks_the_branch_that_lowers_the_loss_most() -> None:

@@ -9,7 +9,7 @@ only: the old prefix is a fixed base, each new branch reduces the loss it leaves
 - ``train_expansion(model, old_branches, train, val=..., test=..., cfg=...)`` trains on
   in-memory ``ImageDataset`` splits (for example ``select_classes(train, [2, 3])``,
   one task of a class-incremental sequence) and returns ``(new_model, summary)``;
-  the given model is not changed.
+  the given model is not changed. ``old_branches=0`` trains the whole model.
 - ``train_expanded(setup, out_dir, old_branches)`` is the same on a prepared run (what
   ``paraformer expand`` calls).
 """
@@ -41,15 +41,20 @@ Log = Callable[[str], None]
 
 
 def freeze_base(model: nn.Module, old_branches: int) -> nn.Module:
-    """Stop gradients to the embedding and the first ``old_branches`` branches (in place)."""
+    """Stop gradients to the embedding and the first ``old_branches`` branches (in place).
+
+    ``old_branches=0`` freezes nothing.
+    """
     model = require_branched(model, "freezing branches")
     if isinstance(old_branches, bool) or not isinstance(old_branches, int):
         raise ConfigError(f"old_branches must be an integer, got {old_branches!r}.")
-    if not 1 <= old_branches < model.num_branches:
+    if not 0 <= old_branches < model.num_branches:
         raise ConfigError(
-            f"old_branches={old_branches}: the model has {model.num_branches} branches, so 1..."
+            f"old_branches={old_branches}: the model has {model.num_branches} branches, so 0..."
             f"{model.num_branches - 1} of them can be the frozen base (expand it first)."
         )
+    if old_branches == 0:
+        return model  # no base: everything trains
     for module in (model.embed, *list(model.branches)[:old_branches]):
         for param in module.parameters():
             param.requires_grad_(False)
@@ -101,12 +106,13 @@ def train_expansion(
     """Train an expanded model's new branches on in-memory images; return ``(model, summary)``.
 
     ``model`` comes from ``expand(old, m)``: its first ``old_branches`` branches (and the
-    embedding) stay frozen unless ``unfreeze``. ``cfg`` sets epochs, lr, mode, batch size
-    and seed (default ``TrainConfig()``). The epoch with the best accuracy on ``val`` is
-    returned (the last one without ``val``); ``test``, if given, is evaluated once at the
-    end. ``transform`` defaults to normalising with ``train``'s channel statistics, no
-    augmentation. The run folder goes to ``out_dir`` (a temporary folder by default).
-    The given model is not changed.
+    embedding) stay frozen unless ``unfreeze``. ``old_branches=0`` trains a model whole,
+    every prefix (a first task, or the fine-tuning baseline of continual learning).
+    ``cfg`` sets epochs, lr, mode, batch size and seed (default ``TrainConfig()``). The
+    epoch with the best accuracy on ``val`` is returned (the last one without ``val``);
+    ``test``, if given, is evaluated once at the end. ``transform`` defaults to
+    normalising with ``train``'s channel statistics, no augmentation. The run folder
+    goes to ``out_dir`` (a temporary folder by default). The given model is not changed.
     """
     cfg = cfg or TrainConfig()
     device = resolve_device(cfg.device)
