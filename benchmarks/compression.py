@@ -59,8 +59,8 @@ def config(dataset: str, family: str, depth: int, args: argparse.Namespace, seed
     """accuracy.py's recipe: the ParaFormer trained fused, or a ViT of the given depth."""
     if family == "paraformer":
         return base_config(dataset, "fused", args, seed)
-    vit = base_config(dataset, "vit", args, seed)
-    return vit.replace(model_overrides={**vit.model_overrides, "depth": depth})
+    vit = base_config(dataset, "vit", args, seed)  # mode is unused by a ViT: "fused" names the recipe
+    return vit.replace(mode="fused", model_overrides={**vit.model_overrides, "depth": depth})
 
 
 def trained(cfg: TrainConfig, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -93,6 +93,15 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, Any
         }
     for k in args.finetune_ks:
         ft_dir = args.out / f"{dataset}-greedy{k}-ft-seed{seed}"
+        summary = ft_dir / "summary.json"
+        if args.reuse and summary.is_file() and "compression" in json.loads(summary.read_text()):
+            r = json.loads(summary.read_text())["compression"]
+            out["greedy-ft"][k] = {
+                "params": r["num_params"],
+                "val_acc": r["val_acc"],
+                "test_acc": r["test_acc"],
+            }
+            continue
         if ft_dir.exists():
             shutil.rmtree(ft_dir)
         r = compress_run(
