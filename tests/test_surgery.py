@@ -104,6 +104,17 @@ def test_expansion_training_leaves_the_frozen_branches_bit_identical() -> None:
     assert not torch.equal(whole.state_dict()["embed.cls_token"], tiny(2).state_dict()["embed.cls_token"])
 
 
+def test_a_loss_on_the_new_classes_leaves_the_old_class_rows_alone() -> None:
+    model = expand(tiny(2), 1, num_classes=6, seed=1)
+    before = snapshot(model)
+    cfg = TrainConfig(epochs=1, batch_size=16, device="cpu", warmup_epochs=0, weight_decay=0.0)
+    trained, _ = train_expansion(model, 2, images(32, classes=(4, 5)), cfg=cfg, loss_classes=[4, 5])
+    weight, old_weight = trained.state_dict()["head.fc.weight"], before["head.fc.weight"]
+    assert torch.equal(weight[:4], old_weight[:4]) and not torch.equal(weight[4:], old_weight[4:])
+    with pytest.raises(ConfigError, match="outside loss_classes"):
+        train_expansion(model, 2, images(32, classes=(3, 4)), cfg=cfg, loss_classes=[4, 5])
+
+
 def test_greedy_order_picks_the_branch_that_lowers_the_loss_most() -> None:
     model = tiny(3)
     with torch.no_grad():

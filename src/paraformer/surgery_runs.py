@@ -204,10 +204,10 @@ def expand_run(
     """Add branches to a trained ParaFormer and train them on top of the frozen old ones.
 
     ``classes`` (class indices the run has not learned) restricts training to those
-    classes and grows the head for them (class-incremental learning); the test split
-    then holds every class seen so far. ``overrides`` change training settings of the
-    run (epochs, lr, data_dir, limit_train...). Returns the summary, with test accuracy
-    on the old and the new classes when ``classes`` is given.
+    classes, and the loss to their logits, and grows the head for them (class-incremental
+    learning); the test split then holds every class seen so far. ``overrides`` change
+    training settings of the run (epochs, lr, data_dir, limit_train...). Returns the
+    summary, with test accuracy on the old and the new classes when ``classes`` is given.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _, saved, old = _load(run_dir, weights)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ def train_expansion(
     cfg: LoopConfig | None = None,
     out_dir: str | Path | None = None,
     unfreeze: bool = False,
+    loss_classes: Sequence[int] | None = None,
     log: Log = quiet,
     progress: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -113,8 +114,17 @@ def train_expansion(
     ``test``, if given, is evaluated once at the end. ``transform`` defaults to
     normalising with ``train``'s channel statistics, no augmentation. The run folder
     goes to ``out_dir`` (a temporary folder by default). The given model is not changed.
+    ``loss_classes`` (class-incremental learning: the new task's classes) restricts the
+    loss to those classes' logits, so that learning them does not push the old classes'
+    logits down; without it the head forgets the old classes.
     """
     cfg = cfg or TrainConfig()
+    if loss_classes is not None:
+        extra = sorted(set(train.labels.unique().tolist()) - set(loss_classes))
+        if extra:
+            raise ConfigError(
+                f"the training images have classes {extra} outside loss_classes {loss_classes}."
+            )
     device = resolve_device(cfg.device)
     net = copy.deepcopy(require_branched(model, "expansion training")).to(device)
     if transform is None:
@@ -138,6 +148,7 @@ def train_expansion(
         label_smoothing=cfg.label_smoothing,
         eval_batch_size=cfg.eval_batch_size,
         info=asdict(info),
+        loss_classes=loss_classes,
     )
     with tempfile.TemporaryDirectory(prefix="paraformer-expand-") as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp) / "run"
