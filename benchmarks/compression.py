@@ -305,6 +305,11 @@ def main() -> None:
             )
         plot(dataset, results, RESULTS / f"compression-{dataset}.png")
         text = section(dataset, results, args, command)
+        if args.report_only:
+            done = ", ".join(map(str, args.seeds))
+            text = text.replace(
+                "\n\n`python", f"\n\nStopped early: only seed(s) {done} finished.\n\n`python", 1
+            )
         print(text, flush=True)
         if not args.no_write:
             update_section(f"compression-{dataset}", text)
