@@ -146,7 +146,7 @@ def compress_run(
         lr = finetune_lr if finetune_lr is not None else cfg.lr / 10
         cfg = cfg.replace(epochs=finetune_epochs, lr=lr, warmup_epochs=0.0, max_steps=None)
         setup = prepare(cfg, log, progress, model=small)
-        trainer = Trainer(setup, out_dir, log=log, progress=progress, command="paraformer compress")
+        trainer = Trainer(setup, out_dir, log=log, progress=progress, command=None)
         trainer.folder.config_json["compressed_from"] = record
         trainer.run()
         small = load_model(checkpoint_folder(out_dir, "best")).eval()

@@ -82,9 +82,7 @@ def train_expanded(
     else:
         freeze_base(setup.model, old_branches)
     prepare_out_dir(out_dir)
-    trainer = Trainer(
-        setup, out_dir, log=log, progress=progress, first_branch=old_branches, command="paraformer expand"
-    )
+    trainer = Trainer(setup, out_dir, log=log, progress=progress, first_branch=old_branches, command=None)
     trainer.folder.config_json.update(extra_config or {})
     return trainer.run()
 

@@ -23,12 +23,7 @@ from tqdm.auto import tqdm
 from paraformer.analysis.plots import plot_curves
 from paraformer.checkpoint import load_model
 from paraformer.models import count_params, is_branched
-from paraformer.train.checkpointing import (
-    BEST_DIR,
-    RunFolder,
-    graceful_interrupt,
-    weights_are_finite,
-)
+from paraformer.train.checkpointing import BEST_DIR, RunFolder, graceful_interrupt, weights_are_finite
 from paraformer.train.devices import autocast, compile_model
 from paraformer.train.hooks import Hook, Hooks
 from paraformer.train.metrics import EpochStats, epoch_line, non_finite, prefixed, select_epoch, summarize
@@ -53,11 +48,11 @@ class Trainer:
         hooks: Sequence[Hook] = (),
         first_branch: int = 0,
         strategy: StandardStrategy | None = None,
-        command: str = "paraformer train",
+        command: str | None = "paraformer train",
     ) -> None:
         self.cfg, self.model, self.task, self.device = setup.cfg, setup.model, setup.task, setup.device
         self.log, self.progress, self.hooks = log, progress, Hooks(hooks)
-        self.command = command  # the command that resumes this run, for messages
+        self.command = command  # the command that resumes this run, for messages; None: not resumable
         cfg = self.cfg
         self.optimizer = make_optimizer(self.model, cfg)
         # first_branch > 0: the branches before it are a fixed base; only later prefixes train.
@@ -172,11 +167,8 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         epoch = self.pos.epoch + 1
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "step": self.pos.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-        }
+        record: dict[str, Any] = {"epoch": epoch, "step": self.pos.step}
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
         record.update(prefixed("train", self.stats.means()))
         record.update(
             train_seconds=self.stats.seconds, samples_per_s=self.stats.seen / max(self.stats.seconds, 1e-9)
@@ -205,10 +197,11 @@ class Trainer:
                 self.folder.save(state, self.model.cfg)
 
     def _interrupted(self) -> dict[str, Any]:
-        self.log(
-            f"interrupted at epoch {self.pos.epoch + 1}, batch {self.pos.batch}; state saved. "
-            f"Resume with: {self.command} --resume --out {self.folder.path}"
-        )
+        where = f"interrupted at epoch {self.pos.epoch + 1}, batch {self.pos.batch}"
+        if self.command is None:
+            self.log(f"{where}; this command cannot resume: run it again with a new --out.")
+        else:
+            self.log(f"{where}; state saved. Resume with: {self.command} --resume --out {self.folder.path}")
         return {"interrupted": True, "position": self.pos.__dict__}
 
     def finish(self) -> dict[str, Any]:
