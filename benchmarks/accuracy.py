@@ -93,7 +93,8 @@ def run(cfg: TrainConfig | None, run_dir: Path, args: argparse.Namespace) -> dic
             "config": json.loads((run_dir / "config.json").read_text()).get("train"),
         }
     saved = run_dir / "config.json"
-    same = saved.is_file() and json.loads(saved.read_text()).get("train") == cfg.to_dict()
+    # read back through TrainConfig, so that a field added since (with its default) still matches
+    same = saved.is_file() and TrainConfig.from_dict(json.loads(saved.read_text())["train"]) == cfg
     log = lambda line: print("   ", line, flush=True)  # noqa: E731
     print(f"== {run_dir.name}", flush=True)
     if args.reuse and same and (run_dir / "summary.json").is_file():
