@@ -4,6 +4,8 @@ from paraformer.config import ParaFormerConfig, ViTConfig, config_from_dict
 from paraformer.errors import ParaformerError
 from paraformer.models import ParaFormer, ViT, build_model
 from paraformer.registry import create_model, get_config, list_models
+from paraformer.surgery import compress, expand, export_onnx, greedy_order, sweep
+from paraformer.train.expansion import train_expansion
 
 __version__ = "0.1.0"
 
@@ -14,8 +16,14 @@ __all__ = [
     "ViT",
     "ViTConfig",
     "build_model",
+    "compress",
     "config_from_dict",
     "create_model",
+    "expand",
+    "export_onnx",
     "get_config",
+    "greedy_order",
     "list_models",
+    "sweep",
+    "train_expansion",
 ]

@@ -58,6 +58,9 @@ def config_flags(parser: argparse.ArgumentParser, cls: type[LoopConfig]) -> list
         kwargs: dict[str, Any] = {"help": meta["help"] + shown, "default": None, "dest": f.name}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            kwargs["type"] = int_list
+            kwargs["metavar"] = meta.get("metavar") or "I,J,..."
         else:
             kwargs["type"] = kind
             if meta.get("choices"):
@@ -67,6 +70,16 @@ def config_flags(parser: argparse.ArgumentParser, cls: type[LoopConfig]) -> list
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
         names.append(f.name)
     return names
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"5,6"`` -> ``(5, 6)``: a comma-separated list of integers (``""`` is the empty list)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 5,6, got {text!r}"
+        ) from None
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

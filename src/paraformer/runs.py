@@ -8,16 +8,16 @@ from typing import Any
 from torch import nn
 
 from paraformer.checkpoint import load_config, load_model, read_json
-from paraformer.data import BatchTransform, load_dataset
+from paraformer.data import BatchTransform, ImageDataset, load_dataset
 from paraformer.errors import CheckpointError, ConfigError
 from paraformer.models import build_model, is_branched, select_branches
 from paraformer.parallel.apply import apply_execution
 from paraformer.parallel.distributed import init_from_env
 from paraformer.registry import describe_model, get_config, list_models
-from paraformer.train.checkpointing import BEST_DIR, SUMMARY_FILE, read_run
+from paraformer.train.checkpointing import BEST_DIR, SUMMARY_FILE, SavedRun, read_run
 from paraformer.train.devices import compile_model, resolve_device
 from paraformer.train.evaluate import evaluate
-from paraformer.train.setup import training_splits
+from paraformer.train.setup import seen_test_set, training_splits
 
 SPLITS = ("test", "val")
 
@@ -44,6 +44,29 @@ def _check_best_matches_summary(run_dir: Path) -> None:
             f"{run_dir / BEST_DIR} holds epoch {on_disk} but the run selected epoch {selected} (it was "
             f"interrupted while saving); repair it with `paraformer train --resume --out {run_dir}`."
         )
+
+
+def run_datasets(
+    saved: SavedRun, data_dir: str | None, splits: tuple[str, ...] = SPLITS, *, progress: bool = False
+) -> dict[str, ImageDataset]:
+    """The run's own validation and test images (the same seeded split and classes as in training)."""
+    cfg = saved.train_cfg
+    loaded = load_dataset(cfg.dataset, data_dir or cfg.data_dir, progress=progress)
+    out = {}
+    if "val" in splits:
+        out["val"] = training_splits(loaded.train, cfg)[1]
+        if len(out["val"]) == 0:
+            raise ConfigError(
+                f"{saved.folder} was trained without a validation split (val_fraction=0); use the test split."
+            )
+    if "test" in splits:
+        out["test"] = seen_test_set(loaded.test, cfg)
+    return out
+
+
+def run_transform(saved: SavedRun) -> BatchTransform:
+    """The evaluation transform of a run: its normalisation, at its model's input size."""
+    return BatchTransform(saved.data.mean, saved.data.std, out_size=saved.model_cfg.image_size)
 
 
 def kept_params(model: nn.Module, branches: int | None) -> int:
@@ -85,15 +108,8 @@ def evaluate_run(
         raise ConfigError(f"--branches applies to ParaFormer models; {cfg.model} is a {model.cfg.family}.")
     if branches is not None:
         model.branches.resolve(branches)  # a bad count fails before the data loads
-    splits = load_dataset(cfg.dataset, data_dir or cfg.data_dir, progress=progress)
-    dataset = splits.test
-    if split == "val":
-        dataset = training_splits(splits.train, cfg)[1]
-        if len(dataset) == 0:
-            raise ConfigError(
-                "this run was trained without a validation split (val_fraction=0); use --split test."
-            )
-    transform = BatchTransform(saved.data.mean, saved.data.std, out_size=model.cfg.image_size)
+    dataset = run_datasets(saved, data_dir, (split,), progress=progress)[split]
+    transform = run_transform(saved)
     num_params = kept_params(model, branches)
     ctx = init_from_env(branch_parallel, device)
     example = transform(dataset.images[: cfg.eval_batch_size], train=False)

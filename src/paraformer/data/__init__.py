@@ -7,7 +7,7 @@ Fashion-MNIST subset shipped with the package), ``fashion-mnist``, ``cifar10``,
 
 from paraformer.data.base import DataSplits, ImageDataset
 from paraformer.data.datasets import DATASET_NAMES, default_data_dir, load_dataset
-from paraformer.data.splits import limit_dataset, train_val_split
+from paraformer.data.splits import check_classes, limit_dataset, select_classes, train_val_split
 from paraformer.data.transforms import BatchTransform, channel_stats, transform_for
 
 __all__ = [
@@ -16,9 +16,11 @@ __all__ = [
     "DataSplits",
     "ImageDataset",
     "channel_stats",
+    "check_classes",
     "default_data_dir",
     "limit_dataset",
     "load_dataset",
+    "select_classes",
     "train_val_split",
     "transform_for",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -65,3 +66,31 @@ def limit_dataset(dataset: ImageDataset, n: int, seed: int) -> ImageDataset:
     order = torch.argsort(rank * num_classes + dataset.labels, stable=True)  # round-robin over classes
     keep, _ = torch.sort(order[:n])
     return dataset.subset(keep)
+
+
+def select_classes(dataset: ImageDataset, classes: Sequence[int]) -> ImageDataset:
+    """The images of ``dataset`` whose label is one of ``classes`` (their order kept; labels unchanged).
+
+    Class-incremental learning trains on a few classes at a time: ``select_classes(train,
+    [2, 3])`` is the second task of Split Fashion-MNIST. An empty list, repeated indices or
+    a class the dataset lacks is a ``ConfigError``.
+    """
+    wanted = check_classes(classes, dataset.num_classes)
+    keep = torch.isin(dataset.labels, torch.tensor(wanted, dtype=dataset.labels.dtype))
+    return dataset.subset(torch.nonzero(keep).flatten())
+
+
+def check_classes(classes: Sequence[int], num_classes: int | None = None) -> list[int]:
+    """``classes`` as a list of distinct class indices in ``0..num_classes-1``, or a ``ConfigError``."""
+    values = list(classes) if isinstance(classes, (list, tuple)) else None
+    if not values:
+        raise ConfigError(f"the list of classes must name at least one class index, got {classes!r}.")
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in values):
+        raise ConfigError(f"class indices must be integers, got {values!r}.")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"class indices must be distinct, got {values}.")
+    bad = [c for c in values if c < 0 or (num_classes is not None and c >= num_classes)]
+    if bad:
+        have = f"0..{num_classes - 1}" if num_classes is not None else "indices >= 0"
+        raise ConfigError(f"class(es) {bad} are not in the dataset, which has classes {have}.")
+    return values

@@ -191,7 +191,7 @@ def select_branches(model: nn.Module, selection: BranchSelection) -> nn.Module:
             state[key] = value.clone()
         elif int(match.group(1)) in indices:
             state[f"branches.{indices.index(int(match.group(1)))}.{match.group(2)}"] = value.clone()
-    return _rebuilt(build_model(cfg), state, model)
+    return rebuilt_like(build_model(cfg), state, model)
 
 
 def append_branches(model: nn.Module, count: int, *, seed: int | None = None) -> nn.Module:
@@ -216,10 +216,11 @@ def append_branches(model: nn.Module, count: int, *, seed: int | None = None) ->
         new = build_model(cfg)
     state = new.state_dict()
     state.update({k: v.clone() for k, v in model.state_dict().items()})
-    return _rebuilt(new, state, model)
+    return rebuilt_like(new, state, model)
 
 
-def _rebuilt(new: nn.Module, state: dict[str, torch.Tensor], old: nn.Module) -> nn.Module:
+def rebuilt_like(new: nn.Module, state: dict[str, torch.Tensor], old: nn.Module) -> nn.Module:
+    """``new`` loaded with ``state``, on ``old``'s device and in its training mode."""
     new.load_state_dict(state)
     param = next(old.parameters())
     return new.to(param.device).train(old.training)

@@ -154,6 +154,15 @@ class TrainConfig(LoopConfig):
     data_dir: str | None = option(None, "folder holding the dataset files (default $PARAFORMER_DATA_DIR)")
     val_fraction: float = option(0.1, "fraction of the training images held out for validation (0: none)")
     limit_train: int | None = option(None, "use only N training images (class-balanced)", metavar="N")
+    classes: tuple[int, ...] | None = option(
+        None,
+        "train and validate on these class indices only, e.g. 0,1 (class-incremental learning); the "
+        "test split keeps every class the run has seen",
+        metavar="I,J,...",
+    )
+    seen_classes: tuple[int, ...] | None = option(
+        None, "classes whose test images evaluate the run (default: classes)", cli=False
+    )
     strong_augment: bool = option(False, "add a RandAugment-style policy")
     strong_ops: int = option(2, "RandAugment N, operations per image")
     strong_magnitude: int = option(9, f"RandAugment M, 0-{MAX_MAGNITUDE} (the ParaFormer authors use 14)")
@@ -168,6 +177,12 @@ class TrainConfig(LoopConfig):
             self.limit_train is None or self.limit_train >= 1,
             f"limit_train must be a positive integer, got {self.limit_train!r}.",
         )
+        for name in ("classes", "seen_classes"):
+            value = getattr(self, name)
+            require(
+                value is None or (len(value) > 0 and len(set(value)) == len(value) and min(value) >= 0),
+                f"{name} must be a non-empty list of distinct class indices >= 0, got {value!r}.",
+            )
         require(self.strong_ops >= 0, f"strong_ops must be an integer >= 0, got {self.strong_ops!r}.")
         require(
             0 <= self.strong_magnitude <= MAX_MAGNITUDE,
@@ -176,6 +191,10 @@ class TrainConfig(LoopConfig):
         require(
             self.crop_padding is None or self.crop_padding >= 0,
             f"crop_padding must be an integer >= 0 (0 turns random crops off), got {self.crop_padding!r}.",
+        )
+        require(
+            self.seen_classes is None or set(self.classes or ()) <= set(self.seen_classes),
+            f"seen_classes {self.seen_classes} must include classes {self.classes}.",
         )
         require(bool(self.dataset.strip()), "dataset must not be empty; see `paraformer train --help`.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,19 @@ class EvalResult:
         return out
 
 
-@torch.no_grad()
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def dataset_batches(
+    dataset: ImageDataset, transform: BatchTransform, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Model-ready ``(inputs, labels)`` batches of a uint8 dataset, in order, without augmentation."""
+    for start in range(0, len(dataset), batch_size):
+        images = dataset.images[start : start + batch_size].to(device, non_blocking=True)
+        labels = dataset.labels[start : start + batch_size].to(device, non_blocking=True)
+        yield transform(images, train=False), labels
+
+
 def evaluate(
     model: nn.Module,
     dataset: ImageDataset,
@@ -52,25 +65,45 @@ def evaluate(
     if len(dataset) == 0:
         raise DataError(f"cannot evaluate on the {desc} split: it has no images.")
     device = next(model.parameters()).device
+    bar = tqdm(total=len(dataset), desc=desc, unit="img", leave=False, file=sys.stderr, disable=not progress)
+    with bar:
+        batches = dataset_batches(dataset, transform, batch_size, device)
+        return evaluate_batches(
+            model, batches, branches=branches, prefixes=prefixes, bf16=bf16, on_batch=bar.update
+        )
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    branches: BranchSelection = None,
+    prefixes: bool = False,
+    bf16: bool = False,
+    on_batch: Callable[[int], object] | None = None,
+) -> EvalResult:
+    """Accuracy and mean loss over model-ready ``(inputs, labels)`` batches (a list, a DataLoader...).
+
+    With ``prefixes`` a branched model also reports every prefix 1..N from the same pass.
+    """
+    device = next(model.parameters()).device
     use_prefixes = prefixes and is_branched(model) and branches is None
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long)
     prefix_correct = prefix_loss = None
-    loss_sum = 0.0
-    bar = tqdm(total=len(dataset), desc=desc, unit="img", leave=False, file=sys.stderr, disable=not progress)
+    loss_sum, n = 0.0, 0
     try:
-        for start in range(0, len(dataset), batch_size):
-            images = dataset.images[start : start + batch_size].to(device, non_blocking=True)
-            labels = dataset.labels[start : start + batch_size].to(device, non_blocking=True)
-            x = transform(images, train=False)
+        for x, labels in batches:
+            x, labels = x.to(device), labels.to(device)
             with autocast(device, bf16):
                 if use_prefixes:
                     all_logits = model.prefix_logits(x).float()  # (N, B, classes)
-                    n, b, c = all_logits.shape
+                    k, b, c = all_logits.shape
                     losses = (
-                        F.cross_entropy(all_logits.reshape(n * b, c), labels.repeat(n), reduction="none")
-                        .view(n, b)
+                        F.cross_entropy(all_logits.reshape(k * b, c), labels.repeat(k), reduction="none")
+                        .view(k, b)
                         .sum(dim=1)
                         .cpu()
                     )  # (N,)
@@ -82,11 +115,13 @@ def evaluate(
                     logits = model(x, branches=branches).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(-1) == labels).sum().cpu()
-            bar.update(len(labels))
+            n += len(labels)
+            if on_batch is not None:
+                on_batch(len(labels))
     finally:
-        bar.close()
         model.train(was_training)
-    n = len(dataset)
+    if n == 0:
+        raise DataError("cannot evaluate on no images: the data is empty.")
     result = EvalResult(correct.item() / n, loss_sum / n, n)
     if prefix_correct is not None and prefix_loss is not None:
         result.prefix_accuracy = [c / n for c in prefix_correct.tolist()]

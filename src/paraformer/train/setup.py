@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from paraformer.config import ImageModelConfig, ModelConfig
-from paraformer.data import DataSplits, ImageDataset, limit_dataset, load_dataset, train_val_split
+from paraformer.data import (
+    DataSplits,
+    ImageDataset,
+    limit_dataset,
+    load_dataset,
+    select_classes,
+    train_val_split,
+)
 from paraformer.data.transforms import transform_for
 from paraformer.errors import ConfigError, DataError, ShapeError
 from paraformer.models import build_model
@@ -48,10 +55,18 @@ class Setup:
 
 
 def training_splits(train_set: ImageDataset, cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
-    """The run's training and validation images: ``--limit-train``, then the seeded split."""
+    """The run's training and validation images: ``--classes``, ``--limit-train``, then the seeded split."""
+    if cfg.classes is not None:
+        train_set = select_classes(train_set, cfg.classes)
     if cfg.limit_train is not None:
         train_set = limit_dataset(train_set, cfg.limit_train, seed=cfg.seed)
     return train_val_split(train_set, cfg.val_fraction, seed=cfg.seed)
+
+
+def seen_test_set(test_set: ImageDataset, cfg: TrainConfig) -> ImageDataset:
+    """The run's test images: those of the classes it has seen (all, unless it trained on ``--classes``)."""
+    seen = cfg.seen_classes or cfg.classes
+    return test_set if seen is None else select_classes(test_set, seen)
 
 
 def check_fits_in_memory(cfg: ModelConfig, device: torch.device) -> None:
@@ -100,8 +115,10 @@ def fit_model_to_data(name: str, cfg: TrainConfig, splits: DataSplits, log: Log)
             f"{splits.train.channels}; pick a preset for this data (see `paraformer list-models`) "
             "or leave out --model."
         )
-    if "num_classes" not in cfg.model_overrides and model_cfg.num_classes != splits.train.num_classes:
-        model_cfg = model_cfg.replace(num_classes=splits.train.num_classes)
+    # Trained on some classes only, the head has a row for each index up to the largest (it grows later).
+    num_classes = splits.train.num_classes if cfg.classes is None else max(cfg.classes) + 1
+    if "num_classes" not in cfg.model_overrides and model_cfg.num_classes != num_classes:
+        model_cfg = model_cfg.replace(num_classes=num_classes)
     elif model_cfg.num_classes < splits.train.num_classes:
         raise ShapeError(
             f"num_classes={model_cfg.num_classes} but {cfg.dataset} has {splits.train.num_classes} classes."
@@ -113,14 +130,15 @@ def fit_model_to_data(name: str, cfg: TrainConfig, splits: DataSplits, log: Log)
     return model_cfg
 
 
-def check_model_fits_data(model_cfg: ModelConfig, splits: DataSplits) -> None:
-    """An existing model must take the data's channels and know every class label."""
+def check_model_fits_data(model_cfg: ModelConfig, splits: DataSplits, cfg: TrainConfig) -> None:
+    """An existing model must take the data's channels and know every class label it will see."""
     channels = getattr(model_cfg, "in_channels", None)
     if channels != splits.train.channels:
         raise ShapeError(
             f"the model takes {channels}-channel images but {splits.name} has {splits.train.channels}."
         )
-    labels = int(splits.train.labels.max()) + 1
+    seen = cfg.seen_classes or cfg.classes
+    labels = int(splits.train.labels.max()) + 1 if seen is None else max(seen) + 1
     if getattr(model_cfg, "num_classes", 0) < labels:
         raise ShapeError(
             f"the model has {model_cfg.num_classes} classes but {splits.name} uses labels up to {labels - 1}."
@@ -144,9 +162,10 @@ def prepare(cfg: TrainConfig, log: Log, progress: bool = True, model: nn.Module 
         check_fits_in_memory(model_cfg, device)
     else:
         name, model_cfg = cfg.model or model.cfg.family, model.cfg
-        check_model_fits_data(model_cfg, splits)
+        check_model_fits_data(model_cfg, splits, cfg)
     cfg = cfg.replace(model=name)
     train, val = training_splits(splits.train, cfg)
+    test = seen_test_set(splits.test, cfg)
     if cfg.val_fraction > 0 and len(val) == 0:
         raise DataError(
             f"{cfg.dataset}: {len(train)} training images are too few to hold out {cfg.val_fraction:.0%} "
@@ -172,12 +191,12 @@ def prepare(cfg: TrainConfig, log: Log, progress: bool = True, model: nn.Module 
         tuple(splits.train.classes),
         len(train),
         len(val),
-        len(splits.test),
+        len(test),
         transform.mean,
         transform.std,
     )
     task = ImageClassificationTask(
-        {"train": train, "val": val, "test": splits.test},
+        {"train": train, "val": val, "test": test},
         transform,
         device,
         label_smoothing=cfg.label_smoothing,

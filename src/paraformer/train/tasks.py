@@ -68,7 +68,7 @@ class ImageClassificationTask:
         info: dict[str, Any] | None = None,
     ) -> None:
         for split in ("train", "test"):
-            if len(splits.get(split, ())) == 0:
+            if len(splits.get(split, ())) == 0 and (split == "train" or split in splits):
                 raise DataError(f"the {split} split has no images; a run needs training and test images.")
         self.splits = {name: _place(ds, device) for name, ds in splits.items()}
         self.transform = transform
