@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import sys
 import time
@@ -52,6 +53,11 @@ from paraformer.analysis.continual import (
 )
 from paraformer.data import ImageDataset, limit_dataset, load_dataset, train_val_split, transform_for
 from paraformer.registry import create_model
+from paraformer.surgery import expand
+from paraformer.train import TrainConfig
+from paraformer.train.expansion import train_expansion
+from paraformer.train.optim import make_optimizer
+from paraformer.train.schedule import warmup_cosine
 from report import pm, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,44 +122,30 @@ def backbone(dataset: str, args: argparse.Namespace, seed: int, num_classes: int
     )
 
 
-def expand(model: torch.nn.Module, add: int, num_classes: int, seed: int) -> torch.nn.Module:
-    """``add`` gated zero-init branches and a head grown to ``num_classes`` (old logits unchanged)."""
-    from paraformer.models import build_model
-    from paraformer.models.branches import append_branches
-
-    grown = append_branches(model, add, seed=seed)
-    old_classes = grown.cfg.num_classes
-    torch.manual_seed(seed)
-    new = build_model(grown.cfg.replace(num_classes=num_classes))
-    state = new.state_dict()
-    for key, value in grown.state_dict().items():
-        if key in ("head.fc.weight", "head.fc.bias"):
-            state[key][:old_classes] = value
-        else:
-            state[key] = value
-    new.load_state_dict(state)
-    return new
-
-
-def freeze_old(model: torch.nn.Module, first_new_branch: int) -> list[torch.nn.Parameter]:
-    """Freeze the embedding and branches ``< first_new_branch``; the rest trains."""
-    trainable = []
-    for name, param in model.named_parameters():
-        old = name.startswith("embed.") or (
-            name.startswith("branches.") and int(name.split(".")[1]) < first_new_branch
-        )
-        param.requires_grad_(not old)
-        if not old:
-            trainable.append(param)
-    return trainable
+def loop_config(args: argparse.Namespace, seed: int) -> TrainConfig:
+    """The library's training recipe at this benchmark's settings (every method trains by it)."""
+    return TrainConfig(
+        dataset="in-memory",
+        mode="fused",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=0.05,
+        warmup_epochs=args.warmup_epochs,
+        grad_clip=1.0,
+        seed=seed,
+        branch_exec="loop",
+        device="cpu",
+        val_fraction=0.0,
+    )
 
 
 # ---------------------------------------------------------------------------------- training
 
 
-def prefix_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_seen: int, start: int) -> Any:
-    """Mean cross-entropy over the seen classes of prefixes ``start+1..N`` (fused progressive)."""
-    logits = model.prefix_logits(x, start=start)[..., :n_seen]  # (K, B, n_seen)
+def prefix_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_seen: int) -> Any:
+    """Mean cross-entropy over the seen classes of every prefix (fused progressive approximation)."""
+    logits = model.prefix_logits(x)[..., :n_seen]  # (N, B, n_seen)
     losses = torch.stack([F.cross_entropy(lk, y) for lk in logits])
     return losses.mean(), logits[-1]
 
@@ -166,15 +158,17 @@ def train_task(
     transform: Any,
     seed: int,
     *,
-    start: int = 0,
     buffer: ImageDataset | None = None,
     teacher: torch.nn.Module | None = None,
     n_old: int = 0,
     after_epoch: Callable[[int], None] | None = None,
 ) -> None:
     """``epochs`` of AdamW on ``data`` (+ a replay batch from ``buffer``, + LwF on ``teacher``)."""
+    cfg = loop_config(args, seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
+    opt = make_optimizer(model, cfg)  # AdamW, no decay on norms, biases, embeddings, gates
+    batches = math.ceil(len(data) / args.batch_size)
+    total, warmup, step = batches * args.epochs, round(args.warmup_epochs * batches), 0
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(1, args.epochs + 1):
@@ -187,17 +181,20 @@ def train_task(
                 images = torch.cat([images, buffer.images[pick]])
                 labels = torch.cat([labels, buffer.labels[pick]])
             x = transform(images, train=True, generator=gen)
-            loss, logits = prefix_loss(model, x, labels, n_seen, start)
+            loss, logits = prefix_loss(model, x, labels, n_seen)
             if teacher is not None and n_old:
                 with torch.no_grad():
                     old = teacher(x)[:, :n_old]
                 loss = loss + args.lwf_weight * distillation_loss(
                     logits[:, :n_old], old, args.lwf_temperature
                 )
+            for group in opt.param_groups:
+                group["lr"] = warmup_cosine(step, total, warmup, cfg.lr, cfg.min_lr_ratio)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            step += 1
         if after_epoch is not None:
             after_epoch(epoch)
 
@@ -238,28 +235,32 @@ def run_method(
     gen = torch.Generator().manual_seed(seed)
     for t in range(t_count):
         n_seen = per_task * (t + 1)
-        n_old = per_task * t
-        start, teacher, data_t = 0, None, trains[t]
-        if method == "expansion" and t:
-            start = model.num_branches
-            model = expand(model, args.add_branches, n_seen, seed=seed * 1000 + t)
-            freeze_old(model, start)
-        if method == "lwf" and t:
-            teacher = copy.deepcopy(model).eval()
-        if method == "joint":
-            data_t = concat(trains[: t + 1])
         begin = time.perf_counter()
-        train_task(
-            model, data_t, n_seen, args, transform, seed * 1000 + t,
-            start=start, buffer=buffer if method == "replay" else None, teacher=teacher, n_old=n_old,
-        )  # fmt: skip
+        if method == "expansion" and t:
+            # What users run: surgery.expand, then train_expansion (old branches and embedding frozen).
+            old_branches = model.num_branches
+            grown = expand(model, args.add_branches, n_seen, seed=seed * 1000 + t)
+            cfg = loop_config(args, seed * 1000 + t)
+            model, _ = train_expansion(grown, old_branches, trains[t], transform=transform, cfg=cfg)
+            check_frozen(grown, model, old_branches)
+        else:
+            train_task(
+                model,
+                concat(trains[: t + 1]) if method == "joint" else trains[t],
+                n_seen,
+                args,
+                transform,
+                seed * 1000 + t,
+                buffer=buffer if method == "replay" else None,
+                teacher=copy.deepcopy(model).eval() if method == "lwf" and t else None,
+                n_old=per_task * t,
+            )
         seconds += time.perf_counter() - begin
         if method == "replay":  # class-balanced: 200 / (classes seen) images per class
             pool = concat([buffer, trains[t]]) if buffer is not None else trains[t]
             buffer = pool.subset(class_balanced_buffer(pool.labels, args.buffer, gen))
         c, k = evaluate(model, tests, tasks, t, transform)
-        cil[t, : t + 1] = torch.tensor(c)
-        til[t, : t + 1] = torch.tensor(k)
+        cil[t, : t + 1], til[t, : t + 1] = torch.tensor(c), torch.tensor(k)
         log(f"{method} seed {seed} task {t}: class-IL {fmt_row(c)} | task-IL {fmt_row(k)} ({seconds:.0f} s)")
     return {
         "class_il": cil.tolist(),
@@ -273,6 +274,16 @@ def run_method(
         "stored_images": len(buffer) if buffer is not None else 0,
         "train_seconds": seconds,
     }
+
+
+def check_frozen(before: torch.nn.Module, after: torch.nn.Module, old_branches: int) -> None:
+    """The embedding and the old branches must come out of expansion training bit-identical."""
+    a, b = before.state_dict(), after.state_dict()
+    for key, value in a.items():
+        if key.startswith("embed.") or (
+            key.startswith("branches.") and int(key.split(".")[1]) < old_branches
+        ):
+            assert torch.equal(value, b[key]), f"expansion training changed the frozen weight {key}"
 
 
 def fmt_row(values: list[float]) -> str:
@@ -396,6 +407,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epoch-choices", type=int, nargs="+", default=[1, 2, 3], help="epochs per task choices")
     p.add_argument("--lr", type=float, default=None, help="skip the validation choice: use this lr")
     p.add_argument("--epochs", type=int, default=None, help="skip the validation choice: these epochs")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="per task, then cosine decay")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--branches", type=int, default=4)
