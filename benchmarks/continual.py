@@ -161,7 +161,6 @@ def train_task(
     buffer: ImageDataset | None = None,
     teacher: torch.nn.Module | None = None,
     n_old: int = 0,
-    after_epoch: Callable[[int], None] | None = None,
 ) -> None:
     """``epochs`` of AdamW on ``data`` (+ a replay batch from ``buffer``, + LwF on ``teacher``)."""
     cfg = loop_config(args, seed)
@@ -171,7 +170,7 @@ def train_task(
     total, warmup, step = batches * args.epochs, round(args.warmup_epochs * batches), 0
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for epoch in range(1, args.epochs + 1):
+    for _ in range(args.epochs):
         order = torch.randperm(len(data), generator=gen)
         for i in range(0, len(order), args.batch_size):
             idx = order[i : i + args.batch_size]
@@ -195,8 +194,6 @@ def train_task(
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             step += 1
-        if after_epoch is not None:
-            after_epoch(epoch)
 
 
 @torch.no_grad()
@@ -299,19 +296,15 @@ def choose_lr_epochs(dataset: str, args: argparse.Namespace, log: Log) -> tuple[
     data, val = concat(trains[:2]), concat(vals[:2])
     n_seen = len(seen_classes(tasks, 1))
     best: tuple[float, float, int] = (-1.0, args.lrs[0], 1)
-    for lr in args.lrs:
-        model = backbone(dataset, args, seed=0)
-        trial = argparse.Namespace(**{**vars(args), "lr": lr, "epochs": max(args.epoch_choices)})
-
-        def check(epoch: int, lr: float = lr, model: torch.nn.Module = model) -> None:
-            nonlocal best
-            if epoch in args.epoch_choices:
-                acc = masked_accuracy(logits_of(model, val, transform), val.labels, range(n_seen))
-                log(f"choice {dataset}: lr {lr:g}, {epoch} epoch(s): validation accuracy {100 * acc:.2f}")
-                if acc > best[0] + 1e-9:  # ties go to the smaller lr / fewer epochs (tried first)
-                    best = (acc, lr, epoch)
-
-        train_task(model, data, n_seen, trial, transform, seed=0, after_epoch=check)
+    for epochs in sorted(args.epoch_choices):  # one run per choice: the schedule spans its epochs
+        for lr in args.lrs:
+            model = backbone(dataset, args, seed=0)
+            trial = argparse.Namespace(**{**vars(args), "lr": lr, "epochs": epochs})
+            train_task(model, data, n_seen, trial, transform, seed=0)
+            acc = masked_accuracy(logits_of(model, val, transform), val.labels, range(n_seen))
+            log(f"choice {dataset}: lr {lr:g}, {epochs} epoch(s): validation accuracy {100 * acc:.2f}")
+            if acc > best[0] + 1e-9:  # ties go to fewer epochs, then the lr tried first
+                best = (acc, lr, epochs)
     return best[1], best[2]
 
 
@@ -403,8 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, default=1000, help="training images per task (10%% validation)")
     p.add_argument("--limit-test", type=int, default=1000, help="test images per task")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="lr choices (validation)")
-    p.add_argument("--epoch-choices", type=int, nargs="+", default=[1, 2, 3], help="epochs per task choices")
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="lr choices (validation)")
+    p.add_argument("--epoch-choices", type=int, nargs="+", default=[2, 3], help="epochs per task choices")
     p.add_argument("--lr", type=float, default=None, help="skip the validation choice: use this lr")
     p.add_argument("--epochs", type=int, default=None, help="skip the validation choice: these epochs")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="per task, then cosine decay")
