@@ -62,9 +62,10 @@ from report import pm, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("expansion", "finetune", "replay", "lwf", "joint")
+METHODS = ("expansion", "expansion-open", "finetune", "replay", "lwf", "joint")
 LABELS = {
     "expansion": "ParaFormer expansion",
+    "expansion-open": "ParaFormer expansion, new gates set to 1 (ablation)",
     "finetune": "fine-tuning (lower bound)",
     "replay": "experience replay (200 images)",
     "lwf": "Learning without Forgetting",
@@ -226,17 +227,22 @@ def run_method(
     cil = torch.full((t_count, t_count), float("nan"))
     til = torch.full((t_count, t_count), float("nan"))
     per_task = len(tasks[0])
-    model = backbone(dataset, args, seed, per_task if method == "expansion" else 10)
+    expansion = method.startswith("expansion")
+    model = backbone(dataset, args, seed, per_task if expansion else 10)
     buffer: ImageDataset | None = None
     seconds = 0.0
     gen = torch.Generator().manual_seed(seed)
     for t in range(t_count):
         n_seen = per_task * (t + 1)
         begin = time.perf_counter()
-        if method == "expansion" and t:
+        if expansion and t:
             # What users run: surgery.expand, then train_expansion (old branches and embedding frozen).
             old_branches = model.num_branches
             grown = expand(model, args.add_branches, n_seen, seed=seed * 1000 + t)
+            if method == "expansion-open":  # ablation: the new branches start fully on (output changes)
+                with torch.no_grad():
+                    for branch in list(grown.branches)[old_branches:]:
+                        branch.gate.fill_(1.0)
             cfg = loop_config(args, seed * 1000 + t)
             model, _ = train_expansion(grown, old_branches, trains[t], transform=transform, cfg=cfg)
             check_frozen(grown, model, old_branches)
@@ -269,6 +275,7 @@ def run_method(
         "params": sum(p.numel() for p in model.parameters()),
         "branches": model.num_branches,
         "stored_images": len(buffer) if buffer is not None else 0,
+        "gates": [round(float(b.gate.detach()), 4) for b in model.branches if b.gate is not None],
         "train_seconds": seconds,
     }
 
@@ -390,7 +397,9 @@ def verdicts(results: dict[int, dict[str, dict[str, Any]]], methods: list[str]) 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["fashion-mnist", "cifar10"], choices=list(PRESETS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument(
+        "--methods", nargs="+", default=[m for m in METHODS if m != "expansion-open"], choices=METHODS
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--limit-train", type=int, default=1000, help="training images per task (10%% validation)")
@@ -412,12 +421,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lwf-temperature", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 epoch, 1 seed, no choice")
+    p.add_argument(
+        "--add-to-recorded",
+        action="store_true",
+        help="run --methods with the recorded run's settings and seeds and merge them into its results",
+    )
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md or results/")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.limit_train, args.limit_test = args.seeds[:1], 60, 40
         args.lr, args.epochs, args.dim, args.branches = args.lr or 1e-3, 1, 32, 2
     return args
+
+
+def choice_text(args: argparse.Namespace) -> str:
+    return (
+        "chosen by validation accuracy of joint training on the first two tasks, seed 0, "
+        f"over lr {args.lrs} x epochs {args.epoch_choices}; test never read"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -427,31 +448,40 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/continual.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for dataset in args.datasets:
         started = time.time()
-        chosen_by = "given on the command line"
-        if args.lr is None or args.epochs is None:
-            lr, epochs = choose_lr_epochs(dataset, args, log)
-            chosen_by = (
-                "chosen by validation accuracy of joint training on the first two tasks, seed 0, over "
-                f"lr {args.lrs} x epochs {args.epoch_choices}; test never read"
-            )
-            args_d = argparse.Namespace(
-                **{**vars(args), "lr": args.lr or lr, "epochs": args.epochs or epochs}
-            )
-        else:
-            args_d = args
-        log(f"{dataset}: lr {args_d.lr:g}, {args_d.epochs} epoch(s) per task ({chosen_by})")
+        recorded = RESULTS / f"continual-{dataset}.json"
         results: dict[int, dict[str, dict[str, Any]]] = {}
-        for seed in args.seeds:
+        if args.add_to_recorded:  # same settings and seeds as the recorded run; these methods (re)run
+            saved = json.loads(recorded.read_text())
+            methods = args.methods
+            args_d = argparse.Namespace(**{**saved["args"], "methods": methods})
+            chosen_by, wall = saved.get("chosen_by", choice_text(args_d)), saved.get("wall_seconds", 0.0)
+            command = f"{saved['command']}; then {command}"
+            results = {int(seed): r for seed, r in saved["results"].items()}
+            args_d.seeds = sorted(results)
+        else:
+            wall = 0.0
+            chosen_by = "given on the command line"
+            args_d = args
+            if args.lr is None or args.epochs is None:
+                lr, epochs = choose_lr_epochs(dataset, args, log)
+                chosen_by = choice_text(args)
+                args_d = argparse.Namespace(
+                    **{**vars(args), "lr": args.lr or lr, "epochs": args.epochs or epochs}
+                )
+        log(f"{dataset}: lr {args_d.lr:g}, {args_d.epochs} epoch(s) per task ({chosen_by})")
+        for seed in args_d.seeds:
             data = task_data(dataset, args_d, seed)
-            results[seed] = {m: run_method(m, dataset, data, args_d, seed, log) for m in args.methods}
-        section = report(dataset, results, args_d, command, chosen_by, time.time() - started)
+            for m in args_d.methods:
+                results.setdefault(seed, {})[m] = run_method(m, dataset, data, args_d, seed, log)
+        wall += time.time() - started
+        args_d.methods = [m for m in METHODS if all(m in r for r in results.values())]
+        section = report(dataset, results, args_d, command, chosen_by, wall)
         print(section, flush=True)
         if not args.no_write:
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / f"continual-{dataset}.json").write_text(
-                json.dumps({"command": command, "args": vars(args_d), "results": results}, indent=1)
-            )
-            plot(dataset, results, args.methods, RESULTS / f"continual-{dataset}.png")
+            record = {"command": command, "args": vars(args_d), "chosen_by": chosen_by, "wall_seconds": wall}
+            recorded.write_text(json.dumps({**record, "results": results}, indent=1))
+            plot(dataset, results, args_d.methods, RESULTS / f"continual-{dataset}.png")
             update_section(f"continual-{dataset}", section)
 
 
@@ -481,12 +511,18 @@ def report(
             f"and {args.limit_test} test images (the same for every seed); native resolution, patch 4.",
             f"Backbone for every method: ParaFormer dim {args.dim}, {args.heads} heads, MLP {4 * args.dim},",
             f"{n0} branches x depth {nb}, no dropout, trained with the fused progressive objective (mean",
-            "of every prefix's cross-entropy over the classes seen so far). AdamW, weight decay 0.05,",
-            f"constant lr {args.lr:g}, batch {args.batch_size}, grad clip 1, {args.epochs} epoch(s) per",
-            f"task ({chosen_by}); random crop, flips on CIFAR only.",
-            f"Expansion: +{args.add_branches} gated zero-init branch(es) per new task, head grown by 2",
-            "classes (old logits unchanged at the moment of growth), embedding and old branches frozen,",
-            "prefix losses of the new branches only; head (norm and all rows) trains.",
+            "of every prefix's cross-entropy over the classes seen so far), the library's recipe",
+            "(`TrainConfig`): AdamW, weight decay 0.05 (none on norms, biases, embeddings, gates),",
+            f"peak lr {args.lr:g} with {args.warmup_epochs:g} warmup epoch(s) then cosine to 1% within",
+            f"each task, batch {args.batch_size}, grad clip 1, {args.epochs} epochs per task ({chosen_by});",
+            "random crop, flips on CIFAR only; the model after each task's last epoch is tested.",
+            "Expansion (what users run): task 1 trains the initial model (2-class head) like every",
+            "baseline's task 1; each later task calls `paraformer.surgery.expand(model,",
+            f"{args.add_branches}, num_classes)` (zero-gated new branches, head grown by 2 rows: old",
+            "logits unchanged at growth) and `paraformer.train.expansion.train_expansion`",
+            "(embedding and old branches frozen, checked bit-identical afterwards; fused prefix",
+            "losses of the new branches only; head norm and all head rows train). The ablation row",
+            "sets the new gates to 1 at growth instead of 0 (the output then changes at growth).",
             f"Replay: class-balanced buffer of {args.buffer} images (random per class, rebalanced after",
             f"each task), {args.replay_batch} buffer images appended to every batch. LwF: temperature",
             f"{args.lwf_temperature:g}, weight {args.lwf_weight:g}, on the old classes' logits of the",
