@@ -405,8 +405,10 @@ def verdicts(
     if not {"expansion", "finetune", "replay"} <= set(methods):
         return ["(verdict needs expansion, finetune and replay)"]
     f_exp, f_ft = mean("expansion", "forgetting_class_il"), mean("finetune", "forgetting_class_il")
+    t_exp, t_ft = mean("expansion", "forgetting_task_il"), mean("finetune", "forgetting_task_il")
     a_exp, a_rep = mean("expansion", "avg_acc_class_il"), mean("replay", "avg_acc_class_il")
-    wide = f_exp <= f_ft - 20  # "a wide margin": at least 20 points less class-IL forgetting
+    wide = f_exp <= f_ft - 20  # "a wide margin": at least 20 points less forgetting
+    wide_task = t_exp <= t_ft - 20
     beats = a_exp > a_rep
     steps = math.ceil(round(0.9 * args.limit_train) / args.batch_size) * args.epochs
     needed = [
@@ -425,8 +427,10 @@ def verdicts(
         "(gates set to 1) shows what opening them does.",
     ]
     return [
-        f"- Expansion forgets less than fine-tuning by a wide margin (>= 20 points, class-IL): "
-        f"**{'holds' if wide else 'does not hold'}** ({f_exp:.1f} vs {f_ft:.1f} points of forgetting).",
+        f"- Expansion forgets less than fine-tuning by a wide margin (>= 20 points), class-IL: "
+        f"**{'holds' if wide else 'does not hold'}** ({f_exp:.1f} vs {f_ft:.1f} points of forgetting); "
+        f"task-IL (task id given): **{'holds' if wide_task else 'does not hold'}** "
+        f"({t_exp:.1f} vs {t_ft:.1f}).",
         f"- Expansion beats experience replay on class-IL average accuracy with no stored images: "
         f"**{'holds' if beats else 'does not hold'}** ({a_exp:.1f}% vs {a_rep:.1f}%).",
         *(needed if not (wide and beats) else []),
