@@ -472,6 +472,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run --methods with the recorded run's settings and seeds and merge them into its results",
     )
+    p.add_argument(
+        "--render-only", action="store_true", help="with --add-to-recorded: run nothing, rewrite the report"
+    )
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md or results/")
     args = p.parse_args(argv)
     if args.quick:
@@ -498,10 +501,10 @@ def main(argv: list[str] | None = None) -> None:
         results: dict[int, dict[str, dict[str, Any]]] = {}
         if args.add_to_recorded:  # same settings and seeds as the recorded run; these methods (re)run
             saved = json.loads(recorded.read_text())
-            methods = args.methods
+            methods = [] if args.render_only else args.methods
             args_d = argparse.Namespace(**{**saved["args"], "methods": methods})
             chosen_by, wall = saved.get("chosen_by", choice_text(args_d)), saved.get("wall_seconds", 0.0)
-            command = f"{saved['command']}; then {command}"
+            command = saved["command"] if args.render_only else f"{saved['command']}; then {command}"
             results = {int(seed): r for seed, r in saved["results"].items()}
             args_d.seeds = sorted(results)
         else:
@@ -520,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
             for m in args_d.methods:
                 results.setdefault(seed, {})[m] = run_method(m, dataset, data, args_d, seed, log)
         wall += time.time() - started
+        args_d.add_to_recorded = args_d.render_only = False  # not part of the recorded settings
         args_d.methods = [m for m in METHODS if all(m in r for r in results.values())]
         section = report(dataset, results, args_d, command, chosen_by, wall)
         print(section, flush=True)
@@ -574,7 +578,8 @@ def report(
             f"{args.lwf_temperature:g}, weight {args.lwf_weight:g}, on the old classes' logits of the",
             "model from the end of the previous task. Joint: all tasks' training data so far, continuing",
             "from the previous stage's model. Forgetting: mean over tasks 1-4 of (best accuracy at any",
-            "earlier stage - final accuracy). Training seconds are wall clock on a shared machine.",
+            "earlier stage - final accuracy). Training seconds are wall clock on a shared machine",
+            "(rows trained by different commands ran under different loads: compare within a command).",
         ]
     )
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
