@@ -1,7 +1,10 @@
 """The ``paraformer`` command line: a thin layer over documented Python functions.
 
     paraformer train [--model M] [--dataset D] [--mode fused|progressive|joint] ...
-    paraformer eval RUN_DIR [--branches K] [--json]
+    paraformer eval RUN_DIR [--branches K | --sweep-branches] [--json]
+    paraformer compress RUN_DIR --branches K [--select prefix|greedy] [--finetune-epochs E] --out DIR
+    paraformer export RUN_DIR --format onnx
+    paraformer expand RUN_DIR --add-branches M [--classes 5,6] [--epochs E] [--unfreeze] --out DIR
     paraformer info MODEL_OR_RUN [--json]
     paraformer list-models
     paraformer lm train | eval | sample | gfa | prune   (language models; see `paraformer lm -h`)
@@ -152,6 +155,10 @@ def summary_line(s: dict[str, Any], out: Path) -> str:
 def _eval_command(args: argparse.Namespace) -> int:
     from paraformer.runs import evaluate_run
 
+    if args.sweep_branches:
+        from paraformer.cli_surgery import sweep_command
+
+        return sweep_command(args)
     result = evaluate_run(
         args.run_dir,
         branches=args.branches,
@@ -224,6 +231,19 @@ def _info_command(args: argparse.Namespace) -> int:
             f"  trained {summary['epochs_completed']}/{summary.get('epochs')} epochs on "
             f"{summary.get('dataset')} ({summary.get('mode')}){acc_text}"
         )
+    if isinstance(summary, dict) and isinstance(summary.get("compression"), dict):
+        c = summary["compression"]
+        print(
+            f"  compressed from {c.get('run')}: branches {c.get('branches')} of {c.get('of_branches')} "
+            f"({c.get('select')}), {c.get('ratio_vs_full', 0):.2f}x fewer parameters than the full model"
+        )
+    if isinstance(summary, dict) and isinstance(summary.get("expansion"), dict):
+        e = summary["expansion"]
+        classes = f", new classes {e['new_classes']}" if e.get("new_classes") else ""
+        print(
+            f"  expanded from {e.get('run')}: {e.get('old_branches')} frozen + "
+            f"{e.get('added_branches')} new branches{classes}"
+        )
     return 0
 
 
@@ -274,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run", description=evaluate_run.__doc__)
     p.add_argument("run_dir", type=Path, help="a run folder written by `paraformer train`")
     p.add_argument("--branches", type=int, help="use only the first K branches (ParaFormer)")
+    p.add_argument(
+        "--sweep-branches",
+        action="store_true",
+        help="for k = 1..N: validation and test accuracy, parameters, FLOPs and batch-1 latency of the "
+        "first k branches; writes branches.json and branches.png into the run folder",
+    )
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument(
         "--weights", default="best", choices=("best", "last"), help="best-validation or last weights"
@@ -304,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list-models", help="list the model presets", description="List the model presets.")
     p.set_defaults(func=_list_models_command)
+
+    from paraformer.cli_surgery import add_surgery_parsers
+
+    add_surgery_parsers(sub, config_flags, int_list)
 
     from paraformer.cli_lm import add_lm_parser
 

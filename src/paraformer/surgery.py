@@ -6,6 +6,8 @@ model exactly as it was (weights, training flag, device).
 - ``compress(model, branches)``: keep the first K branches (``branches=K``) or the
   listed ones in the listed order; embedding and head are kept. Its logits equal
   ``model(x, branches=branches)``.
+- ``evaluate_selections(model, data, selections)``: accuracy and loss of many branch
+  selections from one pass over ``data`` (each branch runs once).
 - ``greedy_order(model, data)``: the order in which greedy selection adds branches:
   starting from none, each time the branch whose addition gives the lowest loss on
   ``data``. Pass validation data, never test data; ``compress(model, order[:K])`` is
@@ -32,7 +34,6 @@ batches (a list, a DataLoader).
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -102,6 +103,52 @@ def compress(model: nn.Module, branches: BranchSelection) -> nn.Module:
 
 
 @torch.no_grad()
+def branch_readouts(model: nn.Module, data: Data, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every branch's read-out output over ``data`` from one pass, and the labels.
+
+    Returns ``(N, V, T', D)`` (T' = 1 for a class-token head) and ``(V,)``: the head of
+    the sum of any selection of them is that selection's logits.
+    """
+    model = require_image_paraformer(model, "reading branch outputs")
+    was_training = model.training
+    model.eval()
+    parts, labels = [], []
+    try:
+        for x, y in model_batches(data, batch_size, _device(model)):
+            tokens = model.embed_input(x)  # (B, T, D)
+            outs = model.branches.run(tokens, range(model.num_branches))  # N x (B, T, D)
+            parts.append(torch.stack([model.head_input(o) for o in outs]))  # (N, B, T', D)
+            labels.append(y)
+    finally:
+        model.train(was_training)
+    if not parts:
+        raise ConfigError("judging branches needs data; the data is empty.")
+    return torch.cat(parts, dim=1), torch.cat(labels)
+
+
+@torch.no_grad()
+def evaluate_selections(
+    model: nn.Module, data: Data, selections: Sequence[BranchSelection], *, batch_size: int = 500
+) -> list[dict[str, float]]:
+    """``{"acc", "loss"}`` of the model restricted to each selection, from one pass over ``data``.
+
+    ``evaluate_selections(model, test, [order[:k] for k in range(1, n + 1)])`` measures
+    every greedy k-branch model at the cost of one forward pass of the full model.
+    """
+    outputs, targets = branch_readouts(model, data, batch_size)
+    results = []
+    for selection in selections:
+        logits = model.head_logits(outputs[model.branches.resolve(selection)].sum(dim=0)).float()
+        results.append(
+            {
+                "acc": (logits.argmax(-1) == targets).float().mean().item(),
+                "loss": F.cross_entropy(logits, targets).item(),
+            }
+        )
+    return results
+
+
+@torch.no_grad()
 def greedy_order(
     model: nn.Module, data: Data, *, branches: int | None = None, batch_size: int = 500
 ) -> list[int]:
@@ -116,20 +163,7 @@ def greedy_order(
     model = require_image_paraformer(model, "greedy branch selection")
     n = model.num_branches
     steps = n if branches is None else len(model.branches.resolve(branches))
-    was_training = model.training
-    model.eval()
-    parts, labels = [], []
-    try:
-        for x, y in model_batches(data, batch_size, _device(model)):
-            tokens = model.embed_input(x)  # (B, T, D)
-            outs = model.branches.run(tokens, range(n))  # N x (B, T, D)
-            parts.append(torch.stack([model.head_input(o) for o in outs]))  # (N, B, T|1, D)
-            labels.append(y)
-    finally:
-        model.train(was_training)
-    if not parts:
-        raise ConfigError("greedy selection needs data to judge branches on; the data is empty.")
-    outputs, targets = torch.cat(parts, dim=1), torch.cat(labels)  # (N, V, T|1, D), (V,)
+    outputs, targets = branch_readouts(model, data, batch_size)  # (N, V, T', D), (V,)
     chosen: list[int] = []
     total = torch.zeros_like(outputs[0])
     for _ in range(steps):
@@ -191,7 +225,10 @@ def _grow_head(model: nn.Module, num_classes: int, seed: int | None) -> nn.Modul
 
 
 def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 20) -> float:
-    """Median milliseconds of one forward pass of ``example`` (after two warm-up passes)."""
+    """Milliseconds of one forward pass of ``example``: the fastest of ``repeats`` after two warm-ups.
+
+    The fastest run is the one least disturbed by other processes on a shared machine.
+    """
     was_training = model.training
     model.eval()
     times = []
@@ -204,7 +241,7 @@ def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 20) -> fl
                     times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
-    return 1000 * statistics.median(times)
+    return 1000 * min(times)
 
 
 def sweep(
@@ -218,7 +255,7 @@ def sweep(
     """One row per k = 1..N for the model of the first k branches.
 
     Each row has ``branches``, ``params``, ``flops_per_image``, ``latency_ms`` (batch 1,
-    median; None with ``latency=False``) and ``<split>_acc`` / ``<split>_loss`` for each
+    fastest of ``repeats``; None with ``latency=False``) and ``<split>_acc`` / ``<split>_loss`` for each
     split of ``data`` (a mapping such as ``{"val": ..., "test": ...}``; plain data counts
     as ``"test"``). Accuracies come from one pass per split (all prefixes at once).
     """
@@ -255,7 +292,7 @@ def export_onnx(
 
     ``example`` is a batch of real, model-ready images. The report holds the file, the
     largest absolute difference between onnxruntime's and PyTorch's logits on
-    ``example``, and batch-1 latencies (ms, median) of both; the check fields are None
+    ``example``, and batch-1 latencies (ms, fastest of ``repeats``) of both; the check fields are None
     when onnxruntime is not installed.
     """
     try:
@@ -267,8 +304,10 @@ def export_onnx(
     path = Path(path)
     net = copy.deepcopy(model).cpu().eval()  # the given model keeps its device and mode
     example = example.detach().cpu().float()
+    torch_ms = latency_ms(net, example[:1], repeats)  # before export: tracing leaves the module slower
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: fine
+        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is the legacy exporter, on purpose
         torch.onnx.export(
             net,
             (example[:1],),
@@ -289,7 +328,7 @@ def export_onnx(
         "checked_images": len(example),
         "max_abs_diff": None,
         "onnxruntime_latency_ms": None,
-        "torch_latency_ms": latency_ms(net, example[:1], repeats),
+        "torch_latency_ms": torch_ms,
     }
     try:
         import onnxruntime as ort
@@ -305,7 +344,7 @@ def export_onnx(
         session.run(None, one)
         if i >= 2:
             times.append(time.perf_counter() - start)
-    report["onnxruntime_latency_ms"] = 1000 * statistics.median(times)
+    report["onnxruntime_latency_ms"] = 1000 * min(times)
     return report
 
 

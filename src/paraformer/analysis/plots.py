@@ -78,3 +78,31 @@ def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
         fontsize=8,
         frameon=False,
     )
+
+
+def plot_branches(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Write ``branches.png``: accuracy against parameters of the first-k-branch models.
+
+    One point per k (labelled ``k=...``), a line per split (validation, test).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    params = [r["params"] / 1e6 for r in rows]
+    for split, label in (("val", "validation"), ("test", "test")):
+        if f"{split}_acc" not in rows[0]:
+            continue
+        acc = [100 * r[f"{split}_acc"] for r in rows]
+        ax.plot(params, acc, marker="o", label=label)
+        if split == "test" or "test_acc" not in rows[0]:
+            for r, x, y in zip(rows, params, acc, strict=True):
+                ax.annotate(
+                    f"k={r['branches']}", (x, y), textcoords="offset points", xytext=(4, -12), fontsize=8
+                )
+    _finish_axes(ax, "parameters (millions)", "accuracy (%)", title or "accuracy with the first k branches")
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)

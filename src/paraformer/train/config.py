@@ -157,7 +157,7 @@ class TrainConfig(LoopConfig):
     classes: tuple[int, ...] | None = option(
         None,
         "train and validate on these class indices only, e.g. 0,1 (class-incremental learning); the "
-        "test split keeps every class the run has seen",
+        "loss reads their logits only, and the test split keeps every class the run has seen",
         metavar="I,J,...",
     )
     seen_classes: tuple[int, ...] | None = option(

@@ -9,7 +9,7 @@ only: the old prefix is a fixed base, each new branch reduces the loss it leaves
 - ``train_expansion(model, old_branches, train, val=..., test=..., cfg=...)`` trains on
   in-memory ``ImageDataset`` splits (for example ``select_classes(train, [2, 3])``,
   one task of a class-incremental sequence) and returns ``(new_model, summary)``;
-  the given model is not changed.
+  the given model is not changed. ``old_branches=0`` trains the whole model.
 - ``train_expanded(setup, out_dir, old_branches)`` is the same on a prepared run (what
   ``paraformer expand`` calls).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,15 +41,20 @@ Log = Callable[[str], None]
 
 
 def freeze_base(model: nn.Module, old_branches: int) -> nn.Module:
-    """Stop gradients to the embedding and the first ``old_branches`` branches (in place)."""
+    """Stop gradients to the embedding and the first ``old_branches`` branches (in place).
+
+    ``old_branches=0`` freezes nothing.
+    """
     model = require_branched(model, "freezing branches")
     if isinstance(old_branches, bool) or not isinstance(old_branches, int):
         raise ConfigError(f"old_branches must be an integer, got {old_branches!r}.")
-    if not 1 <= old_branches < model.num_branches:
+    if not 0 <= old_branches < model.num_branches:
         raise ConfigError(
-            f"old_branches={old_branches}: the model has {model.num_branches} branches, so 1..."
+            f"old_branches={old_branches}: the model has {model.num_branches} branches, so 0..."
             f"{model.num_branches - 1} of them can be the frozen base (expand it first)."
         )
+    if old_branches == 0:
+        return model  # no base: everything trains
     for module in (model.embed, *list(model.branches)[:old_branches]):
         for param in module.parameters():
             param.requires_grad_(False)
@@ -95,20 +100,31 @@ def train_expansion(
     cfg: LoopConfig | None = None,
     out_dir: str | Path | None = None,
     unfreeze: bool = False,
+    loss_classes: Sequence[int] | None = None,
     log: Log = quiet,
     progress: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train an expanded model's new branches on in-memory images; return ``(model, summary)``.
 
     ``model`` comes from ``expand(old, m)``: its first ``old_branches`` branches (and the
-    embedding) stay frozen unless ``unfreeze``. ``cfg`` sets epochs, lr, mode, batch size
-    and seed (default ``TrainConfig()``). The epoch with the best accuracy on ``val`` is
-    returned (the last one without ``val``); ``test``, if given, is evaluated once at the
-    end. ``transform`` defaults to normalising with ``train``'s channel statistics, no
-    augmentation. The run folder goes to ``out_dir`` (a temporary folder by default).
-    The given model is not changed.
+    embedding) stay frozen unless ``unfreeze``. ``old_branches=0`` trains a model whole,
+    every prefix (a first task, or the fine-tuning baseline of continual learning).
+    ``cfg`` sets epochs, lr, mode, batch size and seed (default ``TrainConfig()``). The
+    epoch with the best accuracy on ``val`` is returned (the last one without ``val``);
+    ``test``, if given, is evaluated once at the end. ``transform`` defaults to
+    normalising with ``train``'s channel statistics, no augmentation. The run folder
+    goes to ``out_dir`` (a temporary folder by default). The given model is not changed.
+    ``loss_classes`` (class-incremental learning: the new task's classes) restricts the
+    loss to those classes' logits, so that learning them does not push the old classes'
+    logits down; without it the head forgets the old classes.
     """
     cfg = cfg or TrainConfig()
+    if loss_classes is not None:
+        extra = sorted(set(train.labels.unique().tolist()) - set(loss_classes))
+        if extra:
+            raise ConfigError(
+                f"the training images have classes {extra} outside loss_classes {loss_classes}."
+            )
     device = resolve_device(cfg.device)
     net = copy.deepcopy(require_branched(model, "expansion training")).to(device)
     if transform is None:
@@ -132,6 +148,7 @@ def train_expansion(
         label_smoothing=cfg.label_smoothing,
         eval_batch_size=cfg.eval_batch_size,
         info=asdict(info),
+        loss_classes=loss_classes,
     )
     with tempfile.TemporaryDirectory(prefix="paraformer-expand-") as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp) / "run"

@@ -202,5 +202,6 @@ def prepare(cfg: TrainConfig, log: Log, progress: bool = True, model: nn.Module 
         label_smoothing=cfg.label_smoothing,
         eval_batch_size=cfg.eval_batch_size,
         info=asdict(info),
+        loss_classes=cfg.classes,
     )
     return Setup(cfg, model, task, info, device)

@@ -8,7 +8,7 @@ same loop by providing the same few methods.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -50,6 +50,9 @@ class Task(Protocol):
 class ImageClassificationTask:
     """Image classification on in-memory uint8 splits, with batch augmentation.
 
+    ``loss_classes`` restricts the training loss to those classes' logits (the
+    classes of the data, in class-incremental learning); evaluation uses all logits.
+
     Images stay on ``device`` once decoded when it is a GPU (augmentation runs on
     batches there); otherwise batches are gathered on the CPU and copied.
     """
@@ -66,6 +69,7 @@ class ImageClassificationTask:
         label_smoothing: float = 0.0,
         eval_batch_size: int = 500,
         info: dict[str, Any] | None = None,
+        loss_classes: Sequence[int] | None = None,
     ) -> None:
         for split in ("train", "test"):
             if len(splits.get(split, ())) == 0 and (split == "train" or split in splits):
@@ -74,6 +78,14 @@ class ImageClassificationTask:
         self.transform = transform
         self.device = device
         self.label_smoothing = label_smoothing
+        # Class-incremental training: the loss reads these classes' logits only, so learning
+        # new classes does not push the logits of classes absent from the data down.
+        self.loss_index: torch.Tensor | None = None
+        self.target_index: torch.Tensor | None = None
+        if loss_classes is not None:
+            self.loss_index = torch.tensor(sorted(loss_classes), device=device)
+            self.target_index = torch.full((max(loss_classes) + 1,), -1, dtype=torch.long, device=device)
+            self.target_index[self.loss_index] = torch.arange(len(self.loss_index), device=device)
         self.eval_batch_size = eval_batch_size
         self._info = info or {}
 
@@ -88,6 +100,8 @@ class ImageClassificationTask:
         return self.transform(images, train=True, generator=generator), labels
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.loss_index is not None and self.target_index is not None:
+            logits, targets = logits[..., self.loss_index], self.target_index[targets]
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 
     def batch_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
