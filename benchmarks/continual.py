@@ -111,16 +111,22 @@ def concat(datasets: list[ImageDataset]) -> ImageDataset:
 
 
 def backbone(dataset: str, args: argparse.Namespace, seed: int, num_classes: int = 10) -> torch.nn.Module:
+    """The initial model: the same weights for every method (a 2-class head grown to ``num_classes``).
+
+    Built first with the first task's 2 classes, so the baselines' 10-class head only adds
+    (masked) rows: every method starts task 1 from identical embedding, branches and seen rows.
+    """
     torch.manual_seed(seed)
-    return create_model(
+    model = create_model(
         PRESETS[dataset],
         dim=args.dim,
         heads=args.heads,
         mlp_dim=4 * args.dim,
         num_branches=args.branches,
         branch_depth=args.branch_depth,
-        num_classes=num_classes,
+        num_classes=2,
     )
+    return model if num_classes == 2 else expand(model, 0, num_classes, seed=seed)
 
 
 def loop_config(args: argparse.Namespace, seed: int) -> TrainConfig:
