@@ -250,7 +250,10 @@ def run_method(
                     for branch in list(grown.branches)[old_branches:]:
                         branch.gate.fill_(1.0)
             cfg = loop_config(args, seed * 1000 + t)
-            model, _ = train_expansion(grown, old_branches, trains[t], transform=transform, cfg=cfg)
+            # as `paraformer expand --classes` does: the loss reads only the new task's logits
+            model, _ = train_expansion(
+                grown, old_branches, trains[t], transform=transform, cfg=cfg, loss_classes=list(tasks[t])
+            )
             check_frozen(grown, model, old_branches)
         else:
             train_task(
@@ -419,10 +422,11 @@ def verdicts(
     steps = math.ceil(round(0.9 * args.limit_train) / args.batch_size) * args.epochs
     needed = [
         "",
-        "What would be needed. Class-IL without stored images or a task id needs the old classes'",
-        "logits protected while the new head rows train: those rows only ever see new-class images",
-        "(here nothing stops the newest classes from winning the argmax on old images; see the first",
-        "column below). Candidates: expansion plus a small exemplar memory used to rebalance the",
+        "What would be needed. Class-IL without stored images or a task id needs old and new",
+        "classes' logits on one scale. Reading the loss on the new task's logits only (as",
+        "`expand --classes` does) keeps the old classes' logits from being pushed down, but the",
+        "new head rows only ever see new-class images, so nothing calibrates them against the old",
+        "ones (first column below). Candidates: expansion plus a small exemplar memory used to rebalance the",
         "head (DER-style), head bias correction (weight aligning), or predicting the task and",
         "routing to the branch prefix trained for it. Separately, the zero-initialised scalar gate",
         "of a new branch moves by about lr per Adam step, so in one task's",
@@ -580,7 +584,8 @@ def report(
             f"{args.add_branches}, num_classes)` (zero-gated new branches, head grown by 2 rows: old",
             "logits unchanged at growth) and `paraformer.train.expansion.train_expansion`",
             "(embedding and old branches frozen, checked bit-identical afterwards; fused prefix",
-            "losses of the new branches only; head norm and all head rows train). The ablation row",
+            "losses of the new branches only, read on the new task's logits only, as `paraformer",
+            "expand --classes` trains; head norm and all head rows train). The ablation row",
             "sets the new gates to 1 at growth instead of 0 (the output then changes at growth).",
             f"Replay: class-balanced buffer of {args.buffer} images (random per class, rebalanced after",
             f"each task), {args.replay_batch} buffer images appended to every batch. LwF: temperature",
