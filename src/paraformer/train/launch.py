@@ -70,17 +70,24 @@ def resume(
     out_dir = Path(out_dir)
     saved = read_run(out_dir)
     state = load_train_state(out_dir)
+    cfg = resumed_config(out_dir, saved.train_cfg, state, epochs, max_steps)
+    ctx, log, progress = start_processes(cfg, log, progress)
+    setup, hooks = place_model(prepare(cfg, log, progress), ctx, hooks, log)
+    trainer = Trainer(setup, out_dir, log=log, progress=progress, hooks=hooks)
+    return continue_run(trainer, state, log, stop_after_epochs)
+
+
+def resumed_config(
+    out_dir: Path, saved: Any, state: dict[str, Any], epochs: int | None, max_steps: int | None
+) -> Any:
+    """The saved training config, lengthened to ``epochs`` / ``max_steps`` where given (any task)."""
     done = int(state["position"][0]) if isinstance(state.get("position"), list) and state["position"] else 0
     if epochs is not None and epochs < done:
         raise ConfigError(
             f"{out_dir} has already trained {done} epochs; --epochs must be at least {done} to continue it."
         )
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
-    cfg = saved.train_cfg.replace(**changes) if changes else saved.train_cfg
-    ctx, log, progress = start_processes(cfg, log, progress)
-    setup, hooks = place_model(prepare(cfg, log, progress), ctx, hooks, log)
-    trainer = Trainer(setup, out_dir, log=log, progress=progress, hooks=hooks)
-    return continue_run(trainer, state, log, stop_after_epochs)
+    return saved.replace(**changes) if changes else saved
 
 
 def continue_run(

@@ -28,7 +28,7 @@ from paraformer.train.checkpointing import SavedRun, prepare_out_dir, read_run
 from paraformer.train.devices import bf16_warning, resolve_device
 from paraformer.train.grad_stats import GradientStats
 from paraformer.train.hooks import Hook
-from paraformer.train.launch import continue_run, place_model, start_processes
+from paraformer.train.launch import continue_run, place_model, resumed_config, start_processes
 from paraformer.train.lm_config import DEFAULT_LM, LMDataInfo, LMTrainConfig
 from paraformer.train.lm_task import LanguageModelingTask, require_one_window
 from paraformer.train.loop import Trainer
@@ -240,8 +240,7 @@ def resume_lm(
     out_dir = Path(out_dir)
     saved = read_lm_run(out_dir)
     state = load_train_state(out_dir)
-    changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
-    cfg = saved.train_cfg.replace(**changes) if changes else saved.train_cfg
+    cfg = resumed_config(out_dir, saved.train_cfg, state, epochs, max_steps)
     ctx, log, progress = start_processes(cfg, log, progress)
     setup = prepare_lm(
         cfg,
