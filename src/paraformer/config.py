@@ -26,6 +26,16 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def require_branch_layout(cfg: Any) -> None:
+    """Checks shared by every branched config: branch counts and the gated-branch indices."""
+    require_positive(cfg, "num_branches", "branch_depth", limit=4096)
+    gated = cfg.gated_branches
+    require(
+        len(set(gated)) == len(gated) and all(0 <= i < cfg.num_branches for i in gated),
+        f"gated_branches must be distinct indices in 0..{cfg.num_branches - 1}, got {list(gated)}.",
+    )
+
+
 def require_positive(cfg: Any, *names: str, limit: int = MAX_SIZE) -> None:
     for name in names:
         value = getattr(cfg, name)
@@ -150,12 +160,7 @@ class ParaFormerConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_positive(self, "num_branches", "branch_depth", limit=4096)
-        gated = self.gated_branches
-        require(
-            len(set(gated)) == len(gated) and all(0 <= i < self.num_branches for i in gated),
-            f"gated_branches must be distinct indices in 0..{self.num_branches - 1}, got {list(gated)}.",
-        )
+        require_branch_layout(self)
 
     @property
     def num_layers(self) -> int:

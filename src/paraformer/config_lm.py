@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from paraformer.config import ModelConfig, register_config, require, require_positive
+from paraformer.config import ModelConfig, register_config, require, require_branch_layout, require_positive
 
 # The CascadeFormer taper of the presets: widths fall linearly from 1.5x to 0.5x the
 # uniform width (3:1), first layer to last; the widening preset runs the other way.
@@ -125,12 +125,7 @@ class ParaLMConfig(LMBaseConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require_positive(self, "heads", "mlp_dim")
-        require_positive(self, "num_branches", "branch_depth", limit=4096)
-        gated = self.gated_branches
-        require(
-            len(set(gated)) == len(gated) and all(0 <= i < self.num_branches for i in gated),
-            f"gated_branches must be distinct indices in 0..{self.num_branches - 1}, got {list(gated)}.",
-        )
+        require_branch_layout(self)
 
     @property
     def num_layers(self) -> int:
