@@ -144,7 +144,7 @@ def compress_run(
     cfg = saved.train_cfg
     if finetune_epochs:
         lr = finetune_lr if finetune_lr is not None else cfg.lr / 10
-        cfg = cfg.replace(epochs=finetune_epochs, lr=lr, warmup_epochs=0.0, max_steps=None)
+        cfg = cfg.replace(epochs=finetune_epochs, lr=lr, warmup_fraction=0.0, warmup_epochs=None, max_steps=None)
         setup = prepare(cfg, log, progress, model=small)
         trainer = Trainer(setup, out_dir, log=log, progress=progress, command=None)
         trainer.folder.config_json["compressed_from"] = record

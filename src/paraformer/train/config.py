@@ -63,7 +63,14 @@ class LoopConfig:
     optimizer: str = option("adamw", "optimizer", choices=OPTIMIZERS)
     lr: float = option(1e-3, "peak learning rate")
     weight_decay: float = option(0.05, "weight decay (not on norms, biases, embeddings)")
-    warmup_epochs: float = option(1.0, "linear warmup length in epochs, then cosine decay")
+    warmup_fraction: float = option(
+        0.1, "linear warmup over this fraction of all optimizer steps, then cosine decay", metavar="F"
+    )
+    warmup_epochs: float | None = option(
+        None,
+        "deprecated (use --warmup-fraction): warmup length in epochs; runs recorded with it keep it",
+        metavar="E",
+    )
     min_lr_ratio: float = option(0.01, "final learning rate as a fraction of the peak")
     grad_clip: float = option(1.0, "max gradient norm, 0 = off")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
@@ -118,9 +125,16 @@ class LoopConfig:
         )
         require(0 <= self.seed < 2**63, f"seed must be in 0..2**63-1, got {self.seed!r}.")
         require(self.lr > 0, f"lr must be a positive number, got {self.lr!r}.")
-        for name in ("weight_decay", "warmup_epochs", "grad_clip", "save_every_minutes"):
+        for name in ("weight_decay", "grad_clip", "save_every_minutes"):
             value = getattr(self, name)
             require(value >= 0, f"{name} must be a number >= 0, got {value!r}.")
+        require(
+            0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}."
+        )
+        require(
+            self.warmup_epochs is None or self.warmup_epochs >= 0,
+            f"warmup_epochs must be a number >= 0, got {self.warmup_epochs!r}.",
+        )
         require(
             0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}."
         )
@@ -128,6 +142,12 @@ class LoopConfig:
         from paraformer.train.devices import check_device_name
 
         check_device_name(self.device)
+
+    def warmup_steps(self, total_steps: int, steps_per_epoch: int) -> int:
+        """Optimizer steps of linear warmup: a fraction of the run's steps (or legacy epochs)."""
+        if self.warmup_epochs is not None:
+            return round(self.warmup_epochs * steps_per_epoch)
+        return round(self.warmup_fraction * total_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,14 +17,13 @@ class LMTrainConfig(LoopConfig):
     """Everything a language-model run needs besides the text file's bytes.
 
     Loop defaults differ from the image side where language models want others:
-    batches of 32 windows, a short warmup, AdamW weight decay 0.1, 2e-3 peak rate.
+    batches of 32 windows, AdamW weight decay 0.1, 2e-3 peak rate.
     """
 
     model: str | None = option(None, f"model preset (default {DEFAULT_LM}; see `paraformer list-models`)")
     batch_size: int = option(32, "training batch size (windows of --seq-len tokens)")
     lr: float = option(2e-3, "peak learning rate")
     weight_decay: float = option(0.1, "weight decay (not on norms, biases, embeddings)")
-    warmup_epochs: float = option(0.1, "linear warmup length in epochs, then cosine decay")
     epochs: int = option(1, "number of epochs (passes over the training tokens)")
     eval_batch_size: int = option(32, "batch size of evaluation (windows)")
     eval_interval: int | None = option(

@@ -64,7 +64,7 @@ class Trainer:
         self.epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / per_epoch)
         total = cfg.max_steps or per_epoch * self.epochs
         self.stepper = Stepper(
-            self, self.model, self.optimizer, cfg, total, round(cfg.warmup_epochs * per_epoch), self.hooks
+            self, self.model, self.optimizer, cfg, total, cfg.warmup_steps(total, per_epoch), self.hooks
         )
         self.pos, self.history, self.stats = Position(), [], EpochStats()
         config_json = {"train": cfg.to_dict(), "data": setup.task.info(), "mode": self.strategy.name}
