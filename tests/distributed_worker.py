@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from paraformer.models import create_model
 from paraformer.parallel.apply import apply_execution
 from paraformer.parallel.distributed import init_from_env, shutdown
-from paraformer.registry import create_model
 
 TINY = dict(image_size=8, patch_size=4, in_channels=3, num_classes=5, dim=12, heads=3, mlp_dim=24)
 
@@ -70,12 +70,12 @@ def main(out: Path, branch_parallel: int, exec_path: str) -> None:
     assert ctx is not None, "launch with torch.distributed.run"
     x, y = batch()
     model = apply_execution(tiny_model(), exec_path, x, ctx=ctx, log=lambda _: None)
-    shard = ctx.hook().select_batch(None, torch.arange(len(y)))  # type: ignore[arg-type]
+    shard = ctx.shard(torch.arange(len(y)))
     result: dict[str, torch.Tensor] = {}
     for name, loss in objectives(model, x[shard], y[shard]).items():
         model.zero_grad(set_to_none=True)
         loss.backward()
-        ctx.hook().after_backward(type("T", (), {"model": model})())  # type: ignore[arg-type]
+        ctx.average_gradients(list(model.parameters()))
         result[f"{name}/loss"] = loss.detach()
         result.update({f"{name}/{k}": g.detach().clone() for k, g in reference_grads(model).items()})
     state = model.state_dict()  # collective: the full model, single-process names

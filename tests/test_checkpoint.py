@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from paraformer.atomic import WriteError, atomic_write
 from paraformer.checkpoint import load_model, load_train_state, save_model, save_train_state
 from paraformer.errors import CheckpointError
-from paraformer.registry import create_model
+from paraformer.files import WriteError, atomic_write
+from paraformer.models import create_model
 
 
 class Payload:

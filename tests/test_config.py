@@ -11,8 +11,9 @@ import pytest
 from paraformer import ParaFormerConfig, config_from_dict
 from paraformer.cli import build_parser, main
 from paraformer.errors import ConfigError
-from paraformer.registry import PRESETS, get_config
-from paraformer.train import TrainConfig
+from paraformer.models import get_config
+from paraformer.models.registry import preset as preset_of
+from paraformer.tasks.image import TrainConfig
 from paraformer.train.config import load_recipe
 
 
@@ -20,7 +21,8 @@ def test_presets_are_frozen_and_returned_as_copies() -> None:
     cfg = get_config("paraformer_tiny_cifar")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.num_branches = 99  # type: ignore[misc]
-    assert cfg is not PRESETS["paraformer_tiny_cifar"][1] and cfg == PRESETS["paraformer_tiny_cifar"][1]
+    preset = preset_of("paraformer_tiny_cifar").config
+    assert cfg is not preset and cfg == preset
     changed = get_config("paraformer_tiny_cifar", num_branches=6)
     assert changed.num_branches == 6 and get_config("paraformer_tiny_cifar").num_branches == 4
 
@@ -81,7 +83,7 @@ def test_a_config_file_with_a_wrong_type_names_the_file_and_field(tmp_path: Path
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps({"bf16": "no"}))
     with pytest.raises(ConfigError, match=r"recipe.json: bf16 must be true or false"):
-        load_recipe(path)
+        load_recipe(path, TrainConfig)
 
 
 def test_lists_become_tuples_and_round_trip() -> None:

@@ -150,9 +150,8 @@ def test_data_is_required_and_a_missing_file_is_named(tmp_path, capsys) -> None:
 def test_removing_k_of_k_layers_and_unknown_methods_are_refused(lm_run: Path, tmp_path, capsys) -> None:
     code = main(["lm", "prune", str(lm_run), "--remove", "4", "--out", str(tmp_path / "p")])
     one_line_error(capsys, code, "--remove 4", "1..3")
-    with pytest.raises(SystemExit) as exc:
-        main(["lm", "prune", str(lm_run), "--remove", "1", "--method", "best", "--out", str(tmp_path / "p")])
-    assert exc.value.code == 2
+    code = main(["lm", "prune", str(lm_run), "--remove", "1", "--method", "best", "--out", str(tmp_path / "p")])
+    one_line_error(capsys, code, "--method", "best")
 
 
 def test_vision_and_language_runs_are_not_mixed_up(lm_run: Path, tmp_path, capsys) -> None:
@@ -162,7 +161,8 @@ def test_vision_and_language_runs_are_not_mixed_up(lm_run: Path, tmp_path, capsy
     assert main([*args, "--out", str(vision), *small, "--set", "branch_depth=1"]) == 0
     for command in (["eval"], ["sample"], ["gfa"], ["prune", "--remove", "1", "--out", str(tmp_path / "p")]):
         one_line_error(capsys, main(["lm", command[0], str(vision), *command[1:]]), "not a language model")
-    one_line_error(capsys, main(["eval", str(lm_run)]), "paraformer lm")
+    assert main(["eval", str(lm_run)]) == 0  # one `eval` for every task
+    assert "perplexity" in capsys.readouterr().out
 
 
 def test_a_paraformer_lm_run_evaluates_every_prefix_and_is_not_layer_pruned(tmp_path, capsys) -> None:

@@ -9,20 +9,19 @@ import torch
 
 from paraformer import config_from_dict, create_model, list_models
 from paraformer.analysis.gfa import skip_importance, theoretical_fan_in
-from paraformer.analysis.layer_scores import (
+from paraformer.analysis.stats import spearman
+from paraformer.checkpoint import load_model, save_model
+from paraformer.config import LMConfig, ParaLMConfig, width_schedule
+from paraformer.errors import ConfigError, ShapeError
+from paraformer.models import CausalLM, ParaFormerLM, build_model, get_config
+from paraformer.surgery.prune import prune_layers, skip_forward
+from paraformer.surgery.scores import (
     block_influence,
     choose_removal,
     finercut_order,
     js_divergence,
     lowest,
-    spearman,
 )
-from paraformer.checkpoint import load_model, save_model
-from paraformer.config_lm import LMConfig, ParaLMConfig, width_schedule
-from paraformer.errors import ConfigError, ShapeError
-from paraformer.models import CausalLM, ParaFormerLM, build_model
-from paraformer.prune import prune_layers, skip_forward
-from paraformer.registry import get_config
 from paraformer.train.grad_stats import GradientStats
 
 LM_PRESETS = [n for n in list_models() if get_config(n).family in ("lm", "paraformer_lm")]

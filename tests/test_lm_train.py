@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from paraformer.data.text import load_corpus, read_text
 from paraformer.data.tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_json
 from paraformer.errors import DataError
-from paraformer.train.lm_config import LMTrainConfig
-from paraformer.train.lm_launch import resume_lm, train_lm
+from paraformer.launch import resume as resume_lm
+from paraformer.launch import train as train_lm
+from paraformer.tasks.text import LMTrainConfig
 
 SHARED = Path(
     os.environ.get("PARAFORMER_TEST_DATA_DIR")

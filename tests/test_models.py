@@ -7,8 +7,7 @@ import torch
 
 from paraformer import ParaFormerConfig, ViTConfig, config_from_dict, create_model, list_models
 from paraformer.errors import ConfigError, ShapeError
-from paraformer.models import ParaFormer, ViT, build_model
-from paraformer.registry import get_config, twin_of
+from paraformer.models import ParaFormer, ViT, build_model, get_config, twin_of
 
 # Small stand-ins with the same structure, so the tests stay fast on 2 cores.
 TINY = dict(image_size=8, patch_size=4, in_channels=3, num_classes=5, dim=12, heads=3, mlp_dim=24)

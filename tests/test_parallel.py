@@ -16,13 +16,12 @@ from safetensors.torch import load_file
 from distributed_worker import batch, objectives, reference_grads, tiny_model
 from paraformer.checkpoint import load_model, save_model
 from paraformer.errors import ConfigError
-from paraformer.models import append_branches, build_model, select_branches
+from paraformer.models import append_branches, build_model, get_config, list_models, select_branches
 from paraformer.parallel import calibration
 from paraformer.parallel.apply import apply_execution
 from paraformer.parallel.branch import split_branches
 from paraformer.parallel.distributed import init_from_env
 from paraformer.parallel.fused import FusedBranchStack, fuse_branches
-from paraformer.registry import get_config, list_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

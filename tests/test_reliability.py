@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from paraformer.cli import main
 from paraformer.errors import CheckpointError, DataError
-from paraformer.train import TrainConfig, resume, train
+from paraformer.launch import resume, train
+from paraformer.tasks.image import TrainConfig
 from test_cli import one_line_error
 from test_data import write_imagefolder, write_png
 
@@ -152,8 +153,8 @@ def test_too_few_images_for_validation(tmp_path: Path, capsys) -> None:
 
 def test_evaluating_zero_images_is_an_error() -> None:
     from paraformer.data import BatchTransform, ImageDataset
-    from paraformer.registry import create_model
-    from paraformer.train.evaluate import evaluate
+    from paraformer.models import create_model
+    from paraformer.tasks.image_eval import evaluate
 
     empty = ImageDataset(
         torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), ["a", "b"]
@@ -163,8 +164,8 @@ def test_evaluating_zero_images_is_an_error() -> None:
 
 
 def test_json_files_never_hold_nan(tmp_path: Path) -> None:
-    from paraformer.checkpoint import write_json
-    from paraformer.train.checkpointing import RunFolder
+    from paraformer.checkpoint import RunFolder
+    from paraformer.files import write_json
 
     write_json(tmp_path / "s.json", {"a": float("nan"), "b": [float("inf"), 1.0]})
     assert json.loads((tmp_path / "s.json").read_text()) == {"a": None, "b": [None, 1.0]}
@@ -206,7 +207,7 @@ def test_a_diverged_epoch_never_replaces_the_last_good_checkpoint(tmp_path: Path
 
 
 def test_a_kill_before_best_is_written_is_repaired_on_resume(tmp_path: Path, monkeypatch) -> None:
-    import paraformer.train.checkpointing as ck
+    import paraformer.checkpoint.run_folder as ck
 
     out = tmp_path / "run"
     reference = tmp_path / "ref"
@@ -244,7 +245,7 @@ def test_a_kill_before_best_is_written_is_repaired_on_resume(tmp_path: Path, mon
 def test_writes_are_fsynced_before_the_rename(tmp_path: Path, monkeypatch) -> None:
     import os
 
-    from paraformer.atomic import atomic_write
+    from paraformer.files import atomic_write
 
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -308,7 +309,7 @@ def test_out_naming_a_file_or_a_path_under_one(tmp_path: Path, capsys) -> None:
 def test_devices_and_sizes_fail_before_the_data_loads(
     tmp_path: Path, capsys, monkeypatch, argv, words
 ) -> None:
-    import paraformer.train.setup as setup
+    import paraformer.tasks.image as setup
 
     def no_data(*a, **k):
         raise AssertionError("the data must not load before these checks")

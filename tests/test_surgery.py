@@ -12,11 +12,12 @@ import torch
 from paraformer import ParaFormerConfig, ViTConfig, compress, expand, export_onnx, greedy_order, sweep
 from paraformer.checkpoint import load_model, save_weights
 from paraformer.cli import main
+from paraformer.continual import train_expansion
 from paraformer.data import ImageDataset, select_classes
 from paraformer.errors import ConfigError
 from paraformer.models import ParaFormer, ViT
-from paraformer.train import TrainConfig, evaluate
-from paraformer.train.expansion import train_expansion
+from paraformer.tasks.image import TrainConfig
+from paraformer.tasks.image_eval import evaluate
 from test_cli import one_line_error
 
 TINY = dict(image_size=8, patch_size=4, in_channels=1, num_classes=4, dim=16, heads=2, mlp_dim=32)
@@ -214,9 +215,9 @@ def test_compress_writes_a_run_that_loads_like_any_other(run_dir: Path, tmp_path
 def test_greedy_compression_reads_only_the_validation_split(
     run_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import paraformer.surgery_runs as surgery_runs
-    from paraformer.runs import run_datasets
-    from paraformer.train.checkpointing import read_run
+    import paraformer.commands.compress as surgery_runs
+    from paraformer.tasks import open_run
+    from paraformer.tasks.image import reopen
 
     seen: list[torch.Tensor] = []
     real = surgery_runs.greedy_order
@@ -229,7 +230,7 @@ def test_greedy_compression_reads_only_the_validation_split(
     out = tmp_path / "g"
     argv = ["compress", str(run_dir), "--branches", "2", "--select", "greedy", "--finetune-epochs", "1"]
     assert main([*argv, "--out", str(out), "--no-progress"]) == 0
-    splits = run_datasets(read_run(run_dir / "best"), None, ("val", "test"))
+    splits = reopen(open_run(run_dir / "best"), None, ("val", "test"))
     assert len(seen) == 1 and torch.equal(seen[0], splits["val"].images)
     test_rows = {bytes(img.numpy()) for img in splits["test"].images}
     assert not any(bytes(img.numpy()) in test_rows for img in seen[0])
@@ -266,7 +267,7 @@ def test_expand_learns_new_classes_on_a_frozen_base(run_dir: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["compress", "{run}", "--branches", "0"], ("branches=0", "out of range")),
+        (["compress", "{run}", "--branches", "0"], ("--branches", "0 is out of range")),
         (["compress", "{run}", "--branches", "4"], ("branches=4", "3 branch")),
         (["compress", "{run}", "--indices", "1,1"], ("distinct",)),
         (["compress", "{run}", "--indices", "0,3"], ("[0, 2]",)),

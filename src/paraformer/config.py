@@ -1,9 +1,12 @@
-"""Validated, frozen, JSON-serialisable model configurations.
+"""Validated, frozen, JSON-serialisable model configurations: one dataclass per family.
 
-One dataclass per model family. Every value is checked for its type and range at
-construction, so a bad config fails here with a sentence instead of later with a
-shape error; configs are frozen, so a preset cannot be changed behind your back
-(``cfg.replace(...)`` returns a new, validated copy).
+Every value is checked for its type and range at construction, so a bad config fails
+here with a sentence instead of later with a shape error; configs are frozen, so a
+preset cannot be changed behind your back (``cfg.replace(...)`` returns a new, validated
+copy). Image families: ``ViTConfig``, ``ParaFormerConfig``. Language-model families:
+``LMConfig`` (a width per layer: uniform, tapered, widening) and ``ParaLMConfig``
+(ParaFormer-LM). Which family builds which model is the model registry's business
+(``paraformer.models.registry``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from paraformer.errors import ConfigError
-from paraformer.fields import check_fields, from_mapping
+from paraformer.fields import check_fields
 
 POOLS = ("cls", "mean")
 RESIDUALS = ("standard", "normed")
@@ -172,26 +175,116 @@ class ParaFormerConfig(ImageModelConfig):
         return ViTConfig(**shared, depth=self.num_layers)
 
 
-CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
-    ViTConfig.family: ViTConfig,
-    ParaFormerConfig.family: ParaFormerConfig,
-}
+# The CascadeFormer taper of the presets: widths fall linearly from 1.5x to 0.5x the
+# uniform width (3:1), first layer to last; the widening preset runs the other way.
+TAPER = (1.5, 0.5)
+WIDEN = (0.5, 1.5)
 
 
-def register_config(cls: type[ModelConfig]) -> type[ModelConfig]:
-    """Make a config class known to ``config_from_dict`` (used by the model families)."""
-    CONFIG_CLASSES[cls.family] = cls
-    return cls
+def width_schedule(mean: int, depth: int, start: float, end: float, what: str = "width") -> tuple[int, ...]:
+    """``depth`` integer widths going linearly from ``start*mean`` to ``end*mean``.
 
-
-def config_from_dict(data: Any) -> ModelConfig:
-    """Rebuild a config from ``to_dict()`` output, with clear errors for bad input."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}.")
-    data = dict(data)
-    family = data.pop("family", None)
-    if not isinstance(family, str) or family not in CONFIG_CLASSES:
-        raise ConfigError(
-            f"unknown model family {family!r} in config; expected one of {sorted(CONFIG_CLASSES)}."
+    With ``start + end == 2`` the widths sum to exactly ``depth * mean`` (rounded by
+    largest remainders), so a tapered model has the uniform model's parameter count.
+    A schedule that reaches zero width at some layer is an error.
+    """
+    require(depth >= 1, f"depth must be >= 1, got {depth}.")
+    fracs = [start + (end - start) * (i / (depth - 1) if depth > 1 else 0.0) for i in range(depth)]
+    exact = [mean * f for f in fracs]
+    widths = [int(w) for w in exact]
+    target = round(sum(exact))
+    order = sorted(range(depth), key=lambda i: exact[i] - widths[i], reverse=True)
+    for i in order[: max(0, target - sum(widths))]:
+        widths[i] += 1
+    for layer, w in enumerate(widths):
+        require(
+            w >= 1,
+            f"the {what} schedule {start:g}x -> {end:g}x of {mean} reaches zero {what} at layer {layer} "
+            f"of {depth}; taper less steeply (keep both ends > 0).",
         )
-    return from_mapping(CONFIG_CLASSES[family], data, f"{family} config")
+    return tuple(widths)
+
+
+@dataclass(frozen=True)
+class LMBaseConfig(ModelConfig):
+    """What every language model shares: vocabulary, context, residual width, head size."""
+
+    vocab_size: int = 256
+    context: int = 128
+    dim: int = 128
+    head_dim: int = 32
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_positive(self, "vocab_size", "dim", "head_dim")
+        require_positive(self, "context", limit=1 << 16)
+        require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}.")
+
+
+@dataclass(frozen=True)
+class LMConfig(LMBaseConfig):
+    """A decoder-only, pre-LN causal LM with a width per layer.
+
+    ``heads[l]`` and ``mlp_dims[l]`` are layer l's head count (each ``head_dim`` wide)
+    and FFN width; both lists hold one value per layer. ``no_attn``/``no_mlp`` list the
+    layers whose attention or FFN sub-layer was pruned away (FinerCut-style).
+    """
+
+    family: ClassVar[str] = "lm"
+
+    depth: int = 8
+    heads: tuple[int, ...] = (4,) * 8
+    mlp_dims: tuple[int, ...] = (512,) * 8
+    no_attn: tuple[int, ...] = ()
+    no_mlp: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_positive(self, "depth", limit=4096)
+        for name in ("heads", "mlp_dims"):
+            values = getattr(self, name)
+            require(
+                len(values) == self.depth,
+                f"{name} lists {len(values)} value(s) but depth is {self.depth}; give one per layer.",
+            )
+            for layer, v in enumerate(values):
+                require(
+                    v >= 1,
+                    f"{name}[{layer}] is {v}: every layer needs a width >= 1 (a taper that reaches zero "
+                    "width); taper less steeply or remove the layer instead.",
+                )
+        for name in ("no_attn", "no_mlp"):
+            values = getattr(self, name)
+            require(
+                len(set(values)) == len(values) and all(0 <= i < self.depth for i in values),
+                f"{name} must list distinct layer indices in 0..{self.depth - 1}, got {list(values)}.",
+            )
+        both = sorted(set(self.no_attn) & set(self.no_mlp))
+        require(not both, f"layer(s) {both} have neither attention nor FFN; remove them from the depth.")
+
+    @property
+    def num_layers(self) -> int:
+        return self.depth
+
+
+@dataclass(frozen=True)
+class ParaLMConfig(LMBaseConfig):
+    """ParaFormer-LM: ``num_branches`` parallel causal stacks of ``branch_depth`` blocks, summed."""
+
+    family: ClassVar[str] = "paraformer_lm"
+
+    heads: int = 4
+    mlp_dim: int = 512
+    num_branches: int = 4
+    branch_depth: int = 2
+    gated_branches: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_positive(self, "heads", "mlp_dim")
+        require_branch_layout(self)
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_branches * self.branch_depth

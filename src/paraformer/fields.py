@@ -19,6 +19,7 @@ from paraformer.errors import ConfigError
 
 # Larger integers overflow torch's int64 (seeds, sizes) long before they make sense.
 INT_LIMIT = 2**63 - 1
+FLOAT_LIMIT = 10**308  # integers beyond this are not finite floats
 
 
 def describe_type(hint: Any) -> str:
@@ -65,7 +66,9 @@ def coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         ok = isinstance(value, int) and not isinstance(value, bool) and -INT_LIMIT <= value <= INT_LIMIT
         return ok, value
     if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # the range first: an integer too large for a float must not reach float()
+        ok = number and (abs(value) <= FLOAT_LIMIT if isinstance(value, int) else math.isfinite(value))
         return ok, float(value) if ok else value
     if hint is str:
         return isinstance(value, str), value
@@ -98,7 +101,7 @@ def check_fields(obj: Any) -> None:
         ok, normalised = coerce(value, hints[f.name])
         if not ok:
             raise ConfigError(
-                f"{f.name} must be {describe_type(hints[f.name])}, got {value!r} ({_json_type(value)})."
+                f"{f.name} must be {describe_type(hints[f.name])}, got {_short(value)} ({_json_type(value)})."
             )
         if normalised is not value:
             object.__setattr__(obj, f.name, normalised)
@@ -137,3 +140,9 @@ def _json_type(value: Any) -> str:
     if isinstance(value, Mapping):
         return "an object"
     return type(value).__name__
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, shortened: a 400-digit number is not worth a screen."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"

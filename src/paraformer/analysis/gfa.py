@@ -23,11 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from paraformer.analysis.layer_scores import pearson, spearman
-from paraformer.atomic import atomic_write
-from paraformer.config import ModelConfig
-from paraformer.config_lm import LMConfig
+from paraformer.analysis.stats import pearson, spearman
+from paraformer.config import LMConfig, ModelConfig
 from paraformer.errors import CheckpointError
+from paraformer.files import atomic_write
 
 
 def theoretical_fan_in(

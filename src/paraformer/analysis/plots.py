@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from paraformer.atomic import atomic_write
+from paraformer.files import atomic_write
 
 
 def plot_curves(

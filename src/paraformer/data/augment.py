@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 MAX_MAGNITUDE = 30
+MAX_STRONG_OPS = 8  # operations per image; RandAugment uses 1-3, more only destroys the image
 FILL = 0.5  # the value that geometric ops shift in from outside the image
 
 Op = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x (n,C,H,W), sign (n,), m in [0,1])

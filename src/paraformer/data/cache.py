@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from paraformer.atomic import WriteError, atomic_write
 from paraformer.data.base import ImageDataset, Log, quiet
+from paraformer.files import WriteError, atomic_write
 
 FORMAT_VERSION = 1
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")

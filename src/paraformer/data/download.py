@@ -11,8 +11,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from paraformer.atomic import WriteError, atomic_write
 from paraformer.errors import DataError
+from paraformer.files import WriteError, atomic_write
 
 CONNECT_TIMEOUT_S = 10.0
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from paraformer.atomic import WriteError, atomic_write
 from paraformer.data.base import Log, quiet
 from paraformer.data.cache import cache_root
 from paraformer.data.tokenizer import KINDS, BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_json
 from paraformer.errors import DataError
+from paraformer.files import WriteError, atomic_write
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")

@@ -164,6 +164,11 @@ def transform_for(
     mean, std = channel_stats(splits.train)
     if crop_padding is None:
         crop_padding = default_crop_padding(image_size, splits.natural_images)
+    if crop_padding > image_size // 4:
+        raise ConfigError(
+            f"crop_padding {crop_padding} is too large for {image_size}px inputs: crops would be mostly "
+            f"padding; use at most {image_size // 4} (0 turns random crops off)."
+        )
     return BatchTransform(
         mean,
         std,

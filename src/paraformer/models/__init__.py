@@ -1,22 +1,39 @@
-"""Model families. Each is built from its config; ``build_model`` picks the class by family."""
+"""Model families. Each registers itself once (``registry.register_model``); importing this
+package registers them all, so ``create_model``, ``list_models`` and ``build_model`` see every one.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
-from paraformer.config import ModelConfig
 from paraformer.errors import ConfigError
 from paraformer.models.base import ImageClassifier
 from paraformer.models.branches import (
     Branched,
     BranchStack,
     append_branches,
+    freeze_base,
     is_branched,
     require_branched,
     select_branches,
 )
 from paraformer.models.lm import CausalLM, CausalLMBase, ParaFormerLM
 from paraformer.models.paraformer import ParaFormer
+from paraformer.models.registry import (
+    build_model,
+    check_input,
+    config_from_dict,
+    create_model,
+    default_model,
+    describe_model,
+    get_config,
+    list_models,
+    modality_of,
+    register_model,
+    require_modality,
+    spec_of,
+    twin_of,
+)
 from paraformer.models.vit import ViT
 
 __all__ = [
@@ -30,24 +47,26 @@ __all__ = [
     "ViT",
     "append_branches",
     "build_model",
+    "check_input",
+    "config_from_dict",
     "count_params",
+    "create_model",
+    "default_model",
+    "describe_model",
+    "freeze_base",
+    "get_config",
     "is_branched",
+    "is_sequential_lm",
+    "list_models",
+    "modality_of",
     "register_model",
     "require_branched",
+    "require_modality",
+    "require_sequential_lm",
     "select_branches",
+    "spec_of",
+    "twin_of",
 ]
-
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "vit": ViT,
-    "paraformer": ParaFormer,
-    "lm": CausalLM,
-    "paraformer_lm": ParaFormerLM,
-}
-
-
-def register_model(family: str, cls: type[nn.Module]) -> None:
-    """Make ``build_model`` build ``cls`` for configs of ``family``."""
-    MODEL_CLASSES[family] = cls
 
 
 def count_params(model: nn.Module) -> int:
@@ -57,9 +76,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """Instantiate the model described by ``cfg``."""
-    cls = MODEL_CLASSES.get(getattr(cfg, "family", ""))
-    if cls is None:
-        raise ConfigError(f"no model class for config type {type(cfg).__name__}.")
-    return cls(cfg)
+def is_sequential_lm(model: nn.Module) -> bool:
+    """Whether ``model`` is a sequential language model (layers that pruning can remove)."""
+    return isinstance(model, CausalLM)
+
+
+def require_sequential_lm(model: nn.Module, what: str) -> CausalLM:
+    if not isinstance(model, CausalLM):
+        family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
+        raise ConfigError(
+            f"{what} removes layers of a sequential language model; got a {family} (a ParaFormer-LM "
+            "is compressed by keeping its first branches instead)."
+        )
+    return model

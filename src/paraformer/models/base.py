@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from paraformer.config import ImageModelConfig
-from paraformer.flops import count_flops
 from paraformer.layers import Block, ClassifierHead, PatchEmbedding
 from paraformer.models.branches import BranchSelection
+from paraformer.models.flops import count_flops
 
 
 class ImageClassifier(nn.Module):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from paraformer.errors import ConfigError
+from paraformer.models.registry import build_model
 
 BranchSelection = int | Sequence[int] | None
 BRANCH_KEY = re.compile(r"^branches\.(\d+)\.(.+)$")
@@ -175,7 +176,6 @@ def select_branches(model: nn.Module, selection: BranchSelection) -> nn.Module:
     Embedding, head and everything else are copied unchanged, so the new model's
     logits equal ``model(x, branches=selection)``. ``model`` is not modified.
     """
-    from paraformer.models import build_model  # models/__init__ imports this module
 
     model = require_branched(model, "selecting branches")
     indices = model.branches.resolve(selection)
@@ -200,7 +200,6 @@ def append_branches(model: nn.Module, count: int, *, seed: int | None = None) ->
     The new branches' gates start at 0, so the new model's output equals the old one's
     until they are trained. ``model`` is not modified.
     """
-    from paraformer.models import build_model
 
     model = require_branched(model, "adding branches")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -217,6 +216,29 @@ def append_branches(model: nn.Module, count: int, *, seed: int | None = None) ->
     state = new.state_dict()
     state.update({k: v.clone() for k, v in model.state_dict().items()})
     return rebuilt_like(new, state, model)
+
+
+def freeze_base(model: nn.Module, old_branches: int) -> nn.Module:
+    """Stop gradients to the embedding and the first ``old_branches`` branches (in place).
+
+    ``old_branches=0`` freezes nothing. Expansion trains new branches on top of this fixed base.
+    """
+    model = require_branched(model, "freezing branches")
+    if isinstance(old_branches, bool) or not isinstance(old_branches, int):
+        raise ConfigError(f"old_branches must be an integer, got {old_branches!r}.")
+    if not 0 <= old_branches < model.num_branches:
+        raise ConfigError(
+            f"old_branches={old_branches}: the model has {model.num_branches} branches, so 0..."
+            f"{model.num_branches - 1} of them can be the frozen base (expand it first)."
+        )
+    if old_branches == 0:
+        return model  # no base: everything trains
+    embedding = getattr(model, "embed", None)  # a language model's embedding is its (tied) head: not frozen
+    base = ([embedding] if isinstance(embedding, nn.Module) else []) + list(model.branches)[:old_branches]
+    for module in base:
+        for param in module.parameters():
+            param.requires_grad_(False)
+    return model
 
 
 def rebuilt_like(new: nn.Module, state: dict[str, torch.Tensor], old: nn.Module) -> nn.Module:

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paraformer.config_lm import LMBaseConfig, LMConfig, ParaLMConfig
+from paraformer.config import LMBaseConfig, LMConfig, ParaLMConfig
 from paraformer.errors import ConfigError, ShapeError
-from paraformer.flops import count_flops
 from paraformer.layers import Block
 from paraformer.models.branches import Branch, BranchSelection, BranchStack
+from paraformer.models.flops import count_flops
+from paraformer.models.lm_presets import PARAFORMER_LM_PRESETS, SEQUENTIAL_PRESETS
+from paraformer.models.registry import register_model
 
 
 class CausalLMBase(nn.Module):
@@ -140,6 +142,7 @@ class CausalLMBase(nn.Module):
         return names
 
 
+@register_model("lm", config=LMConfig, modality="text", presets=SEQUENTIAL_PRESETS)
 class CausalLM(CausalLMBase):
     """Uniform, tapered (CascadeFormer) or widening LM: ``depth`` blocks, each its own width."""
 
@@ -183,6 +186,7 @@ class CausalLM(CausalLMBase):
         return torch.stack([self.readout(h) for h in self.hidden_states(idx)[1:]])
 
 
+@register_model("paraformer_lm", config=ParaLMConfig, modality="text", presets=PARAFORMER_LM_PRESETS)
 class ParaFormerLM(CausalLMBase):
     """ParaFormer-LM: ``num_branches`` causal branches reading the same embeddings, summed."""
 

@@ -7,10 +7,23 @@ from torch import nn
 
 from paraformer.config import ViTConfig
 from paraformer.errors import ConfigError
+from paraformer.models import paraformer
 from paraformer.models.base import ImageClassifier
 from paraformer.models.branches import BranchSelection
+from paraformer.models.registry import register_model
+
+# Each ParaFormer preset has a ViT twin: the same blocks stacked sequentially
+# (depth = num_branches * branch_depth), hence exactly the same parameter count.
+PRESETS: dict[str, tuple[str, ViTConfig]] = {
+    name.replace("paraformer_", "vit_", 1): (
+        f"ViT twin of {name}: the same {cfg.num_layers} blocks stacked sequentially",
+        cfg.vit_twin(),
+    )
+    for name, (_, cfg) in paraformer.PRESETS.items()
+}
 
 
+@register_model("vit", config=ViTConfig, modality="image", presets=PRESETS)
 class ViT(ImageClassifier):
     """Patch embedding, ``depth`` blocks one after another, norm and linear head."""
 

@@ -15,15 +15,13 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
-from paraformer.atomic import WriteError, atomic_write
 from paraformer.data.cache import cache_base
-
-if TYPE_CHECKING:
-    from paraformer.parallel.fused import FusedBranchStack
+from paraformer.files import WriteError, atomic_write
 
 CACHE_FILE = "branch-paths.json"
 MARGIN = 0.03  # the stacked path must win by 3%: a tie keeps the reference loop
@@ -36,7 +34,7 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
-def shape_key(stack: FusedBranchStack, x: torch.Tensor, count: int) -> tuple[Any, ...]:
+def shape_key(stack: nn.Module, x: torch.Tensor, count: int) -> tuple[Any, ...]:
     """What the choice depends on: device, precision, mode, input shape and the stack's shape."""
     block = stack[0][0]
     amp = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
@@ -58,7 +56,7 @@ def shape_key(stack: FusedBranchStack, x: torch.Tensor, count: int) -> tuple[Any
     )
 
 
-def choose_path(stack: FusedBranchStack, x: torch.Tensor, count: int) -> str:
+def choose_path(stack: nn.Module, x: torch.Tensor, count: int) -> str:
     """The faster of "loop" and "stacked" for this call's shape (measured once, then cached)."""
     key = shape_key(stack, x, count)
     if key in stack.choices:
@@ -76,7 +74,7 @@ def choose_path(stack: FusedBranchStack, x: torch.Tensor, count: int) -> str:
     return choice
 
 
-def measure(stack: FusedBranchStack, x: torch.Tensor, count: int) -> dict[str, float]:
+def measure(stack: nn.Module, x: torch.Tensor, count: int) -> dict[str, float]:
     """Median seconds per call of each path (forward, plus backward when training), interleaved."""
     training = stack.training and torch.is_grad_enabled()
     params = [p for p in stack.parameters() if p.requires_grad]
@@ -104,6 +102,11 @@ def measure(stack: FusedBranchStack, x: torch.Tensor, count: int) -> dict[str, f
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def cache_file() -> Path | None:
+    """Where measured choices are kept (None when caching is off)."""
+    return _cache_path()
 
 
 def _cache_path() -> Path | None:

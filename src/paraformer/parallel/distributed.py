@@ -6,28 +6,26 @@ lays the ranks out on a 2-D ``DeviceMesh`` of shape (data, branch): ranks in the
 row own different branch groups of one model replica; ranks in the same column own
 the same branches of different replicas and see different data.
 
-``DistributedHook`` plugs that into the training loop without touching it: each data
-replica trains on its shard of every batch, gradients are averaged over the data
-dimension after backward, per-batch decisions (stop, save) are agreed on, only global
-rank 0 writes files, and every rank's optimizer state is kept in the one
-``train_state.pt`` so a resumed run continues exactly (with the same world layout).
+``DistributedContext`` offers what a training run needs from the layout, as plain
+operations: the shard of a batch a data replica trains on, gradient averaging over the
+data dimension, agreement on per-batch decisions (stop, save), sums over the branch
+dimension (per-layer statistics), gathering every rank's optimizer state, and, when a
+collective fails, which ranks are gone. ``paraformer.launch`` plugs these into the
+training loop; this module knows nothing of the loop.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from paraformer.errors import CheckpointError, ConfigError
-from paraformer.train.hooks import Hook
-
-if TYPE_CHECKING:
-    from paraformer.train.loop import Trainer
+from paraformer.errors import ConfigError
+from paraformer.parallel.branch import BranchParallel
 
 
 @dataclass
@@ -52,12 +50,68 @@ class DistributedContext:
         """This rank's share of ``model``: its branch group when the branches are split."""
         if self.branch_parallel == 1:
             return model
-        from paraformer.parallel.branch import BranchParallel
-
         return BranchParallel(model, self.branch_group, self.branch_rank, self.branch_parallel)
 
-    def hook(self) -> DistributedHook:
-        return DistributedHook(self)
+    # -- what a training run asks of the layout ---------------------------------------------
+    def shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """The samples of a batch this data replica trains on."""
+        return indices[self.data_rank :: self.data_parallel]
+
+    def average_gradients(self, params: list[nn.Parameter]) -> None:
+        """Average the gradients over the data replicas (one all-reduce for all of them)."""
+        if self.data_parallel == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=self.data_group)
+        flat /= self.data_parallel
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def agree(self, flags: tuple[bool, ...]) -> tuple[bool, ...]:
+        """Each flag true on every rank if it is true on any (stop and save together)."""
+        votes = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=self._comm_device())
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in votes.tolist())
+
+    def sum_over_branches(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the ranks that share one model replica (a per-layer figure)."""
+        if self.branch_parallel == 1:
+            return values
+        out = values.to(self._comm_device()).clone()
+        dist.all_reduce(out, group=self.branch_group)
+        return out.to(values.device)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (in memory, between our own processes)."""
+        objects: list[Any] = [None] * self.world
+        dist.all_gather_object(objects, obj)
+        return objects
+
+    @property
+    def layout(self) -> list[int]:
+        return [self.data_parallel, self.branch_parallel]
+
+    def lost_ranks(self) -> list[int] | None:
+        """After a failed collective: the ranks whose process is gone (on this machine), if known."""
+        store = getattr(self, "_store", None)
+        if store is None:
+            return None
+        lost = []
+        for rank in range(self.world):
+            try:
+                pid = int(store.get(f"paraformer/pid/{rank}"))
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                lost.append(rank)
+            except Exception:  # noqa: BLE001 - the store itself may be gone with rank 0
+                return None
+        return lost
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
 
 
 def launched_world() -> int:
@@ -96,7 +150,7 @@ def init_from_env(branch_parallel: int, device: str = "auto") -> DistributedCont
         "cuda" if use_cuda else "cpu", (dp, branch_parallel), mesh_dim_names=("data", "branch")
     )
     coords = mesh.get_coordinate() or [0, 0]
-    return DistributedContext(
+    ctx = DistributedContext(
         rank=rank,
         world=world,
         branch_parallel=branch_parallel,
@@ -107,63 +161,15 @@ def init_from_env(branch_parallel: int, device: str = "auto") -> DistributedCont
         data_group=mesh.get_group("data"),
         device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
     )
+    try:  # so that survivors of a lost rank can say which one it was (same machine)
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"paraformer/pid/{rank}", str(os.getpid()))
+        ctx._store = store
+    except Exception:  # noqa: BLE001 - a private API: without it, lost ranks are just not named
+        pass
+    return ctx
 
 
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-class DistributedHook(Hook):
-    """Data sharding, gradient averaging, agreed decisions and rank-0 writes for one process."""
-
-    def __init__(self, ctx: DistributedContext) -> None:
-        self.ctx = ctx
-
-    def writes_files(self, trainer: Trainer) -> bool:
-        return self.ctx.is_main
-
-    def select_batch(self, trainer: Trainer, indices: torch.Tensor) -> torch.Tensor:
-        return indices[self.ctx.data_rank :: self.ctx.data_parallel]
-
-    def after_backward(self, trainer: Trainer) -> None:
-        if self.ctx.data_parallel == 1:
-            return
-        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce for all gradients
-        dist.all_reduce(flat, group=self.ctx.data_group)
-        flat /= self.ctx.data_parallel
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    def agree(self, trainer: Trainer, flags: tuple[bool, ...]) -> tuple[bool, ...]:
-        votes = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=self._comm_device())
-        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
-        return tuple(bool(v) for v in votes.tolist())
-
-    def owns_optimizer_state(self) -> bool:
-        return True
-
-    def state_dict(self) -> dict[str, Any]:
-        """Every rank's optimizer state, gathered (collective) so rank 0 can save them all."""
-        states: list[Any] = [None] * self.ctx.world
-        dist.all_gather_object(states, self.trainer.optimizer.state_dict())
-        return {"world": [self.ctx.data_parallel, self.ctx.branch_parallel], "optimizers": states}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("world")
-        now = [self.ctx.data_parallel, self.ctx.branch_parallel]
-        if saved != now:
-            raise CheckpointError(
-                f"this run was saved with (data x branch) = {saved} processes; resume it with the same "
-                f"layout (now {now}): torchrun --nproc-per-node {saved[0] * saved[1] if saved else '?'} ..."
-            )
-        self.trainer.optimizer.load_state_dict(state["optimizers"][self.ctx.rank])
-
-    def bind(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-
-    def _comm_device(self) -> torch.device:
-        return self.ctx.device if self.ctx.device.type == "cuda" else torch.device("cpu")

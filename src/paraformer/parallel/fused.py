@@ -28,6 +28,7 @@ from torch import nn
 from paraformer.errors import ConfigError
 from paraformer.layers import Block
 from paraformer.models.branches import BranchStack, require_branched
+from paraformer.parallel.calibration import choose_path
 
 PATHS = ("loop", "stacked", "auto")
 
@@ -69,8 +70,6 @@ class FusedBranchStack(BranchStack):
         indices = list(indices)
         path = self.path
         if path == "auto":
-            from paraformer.parallel.calibration import choose_path
-
             path = choose_path(self, x, len(indices))
         if path == "loop":
             return super().run(x, indices)

@@ -1,8 +1,14 @@
-"""Training: the loop, progressive-approximation strategies, tasks, hooks and evaluation."""
+"""Training, for any task: the loop, objectives (progressive / fused / joint schedules and the
+parts that change the loss or the data), the optimizer step, hooks, state and metrics.
 
-from paraformer.train.config import MODES, LoopConfig, TrainConfig
-from paraformer.train.evaluate import EvalResult, evaluate
+Nothing here knows about images or text: a task (``paraformer.tasks``) hands the loop its
+batches, loss and evaluation through the ``Task`` protocol. Starting and resuming runs is
+``paraformer.launch`` (``paraformer.train`` and ``paraformer.resume`` for short).
+"""
+
+from paraformer.train.config import MODES, LoopConfig
 from paraformer.train.hooks import Hook
-from paraformer.train.launch import resume, train
+from paraformer.train.loop import Trainer
+from paraformer.train.task import Setup, Task
 
-__all__ = ["MODES", "EvalResult", "Hook", "LoopConfig", "TrainConfig", "evaluate", "resume", "train"]
+__all__ = ["MODES", "Hook", "LoopConfig", "Setup", "Task", "Trainer"]

@@ -1,8 +1,10 @@
-"""Training configurations: frozen, validated, JSON-serialisable dataclasses.
+"""The training loop's configuration: a frozen, validated, JSON-serialisable dataclass.
 
 ``LoopConfig`` holds what any training run needs (length, optimiser, precision,
-device, checkpoints); ``TrainConfig`` adds the image data. Each field's ``help`` text
-is the one place it is documented: the CLI generates its flags from these fields.
+device, checkpoints); each task's config adds its data settings
+(``paraformer.tasks.image.TrainConfig``, ``paraformer.tasks.text.LMTrainConfig``). Each
+field's ``help`` text is the one place it is documented: the CLI generates its flags
+from these fields.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from types import MappingProxyType
 from typing import Any
 
 from paraformer.config import require
-from paraformer.data.augment import MAX_MAGNITUDE
 from paraformer.errors import ConfigError
 from paraformer.fields import check_fields, from_mapping
+from paraformer.train.devices import check_device_name
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 MODES = ("fused", "progressive", "joint")
@@ -95,6 +97,10 @@ class LoopConfig:
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     save_every_minutes: float = option(5.0, "also checkpoint mid-epoch this often")
+    deep_supervision: bool = option(
+        False, "a loss after every layer (sequential models that read out per layer: language models)"
+    )
+    grad_stats: bool = option(False, "accumulate per-layer gradient norms (GFA, CascadeFlow pruning)")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -139,8 +145,6 @@ class LoopConfig:
             0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}."
         )
         require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}.")
-        from paraformer.train.devices import check_device_name
-
         check_device_name(self.device)
 
     def warmup_steps(self, total_steps: int, steps_per_epoch: int) -> int:
@@ -163,68 +167,12 @@ class LoopConfig:
         return from_mapping(cls, data, what)
 
 
-@dataclass(frozen=True)
-class TrainConfig(LoopConfig):
-    """Everything an image-classification run needs besides the data files; ``config.json["train"]``."""
-
-    dataset: str = option(
-        "embedded",
-        "embedded (default, no files needed), fashion-mnist, cifar10, cifar100 or imagefolder:PATH",
-    )
-    data_dir: str | None = option(None, "folder holding the dataset files (default $PARAFORMER_DATA_DIR)")
-    val_fraction: float = option(0.1, "fraction of the training images held out for validation (0: none)")
-    limit_train: int | None = option(None, "use only N training images (class-balanced)", metavar="N")
-    classes: tuple[int, ...] | None = option(
-        None,
-        "train and validate on these class indices only, e.g. 0,1 (class-incremental learning); the "
-        "loss reads their logits only, and the test split keeps every class the run has seen",
-        metavar="I,J,...",
-    )
-    seen_classes: tuple[int, ...] | None = option(
-        None, "classes whose test images evaluate the run (default: classes)", cli=False
-    )
-    strong_augment: bool = option(False, "add a RandAugment-style policy")
-    strong_ops: int = option(2, "RandAugment N, operations per image")
-    strong_magnitude: int = option(9, f"RandAugment M, 0-{MAX_MAGNITUDE} (the ParaFormer authors use 14)")
-    crop_padding: int | None = option(
-        None, "random-crop padding in pixels, 0 = off (default: input/8 for natural images, else input/16)"
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction!r}.")
-        require(
-            self.limit_train is None or self.limit_train >= 1,
-            f"limit_train must be a positive integer, got {self.limit_train!r}.",
-        )
-        for name in ("classes", "seen_classes"):
-            value = getattr(self, name)
-            require(
-                value is None or (len(value) > 0 and len(set(value)) == len(value) and min(value) >= 0),
-                f"{name} must be a non-empty list of distinct class indices >= 0, got {value!r}.",
-            )
-        require(self.strong_ops >= 0, f"strong_ops must be an integer >= 0, got {self.strong_ops!r}.")
-        require(
-            0 <= self.strong_magnitude <= MAX_MAGNITUDE,
-            f"strong_magnitude must be an integer in 0..{MAX_MAGNITUDE}, got {self.strong_magnitude!r}.",
-        )
-        require(
-            self.crop_padding is None or self.crop_padding >= 0,
-            f"crop_padding must be an integer >= 0 (0 turns random crops off), got {self.crop_padding!r}.",
-        )
-        require(
-            self.seen_classes is None or set(self.classes or ()) <= set(self.seen_classes),
-            f"seen_classes {self.seen_classes} must include classes {self.classes}.",
-        )
-        require(bool(self.dataset.strip()), "dataset must not be empty; see `paraformer train --help`.")
-
-
 def list_recipes() -> list[str]:
     """Names of the training recipes shipped with the package (``recipes/*.json``)."""
     return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
 
 
-def load_recipe(name_or_path: str | Path, cls: type[LoopConfig] = TrainConfig) -> dict[str, Any]:
+def load_recipe(name_or_path: str | Path, cls: type[LoopConfig]) -> dict[str, Any]:
     """Training settings from a JSON file or a shipped recipe name, as a dict of config fields.
 
     A run's ``config.json`` works too: its ``"train"`` section is used. Keys starting

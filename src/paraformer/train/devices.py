@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
 from paraformer.errors import ConfigError
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(:(\d+))?$")
+MAX_DEVICE_INDEX = 1 << 16  # larger indices overflow torch's device parser
 
 
 def available_devices() -> list[str]:
@@ -24,8 +27,9 @@ def available_devices() -> list[str]:
 
 def check_device_name(name: str) -> None:
     """Reject a malformed device name (availability is checked by ``resolve_device``)."""
-    match = _DEVICE.match(name)
-    if match is None or (match.group(2) and match.group(1) in ("auto", "cpu")):
+    match = _DEVICE.match(name) if isinstance(name, str) else None
+    too_large = match is not None and match.group(3) is not None and int(match.group(3)) >= MAX_DEVICE_INDEX
+    if match is None or too_large or (match.group(2) and match.group(1) in ("auto", "cpu")):
         raise ConfigError(
             f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r} "
             f"(available here: {', '.join(available_devices())})."
@@ -97,3 +101,31 @@ def compile_model(model: torch.nn.Module, *, inference: bool = False) -> None:
     if hasattr(model, "prefix_logits"):
         # An instance attribute, so it is not saved and the class stays uncompiled.
         model.prefix_logits = torch.compile(model.prefix_logits, mode=mode)
+
+
+BYTES_PER_PARAM_TRAINING = 16  # fp32 weights, gradients and two Adam moments
+
+
+def estimate_params(cfg: Any) -> int:
+    """Parameters of the blocks (the bulk of any model here), from its config without building it."""
+    dim = getattr(cfg, "dim", 0)
+    mlp = getattr(cfg, "mlp_dim", None) or max(getattr(cfg, "mlp_dims", (0,)) or (0,))
+    return cfg.num_layers * (4 * dim * dim + 2 * dim * mlp)
+
+
+def check_fits_in_memory(cfg: Any, device: torch.device) -> None:
+    """Refuse a model whose training state cannot fit in this machine's memory, before building it."""
+    params = estimate_params(cfg)
+    need = params * BYTES_PER_PARAM_TRAINING
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > have:
+        raise ConfigError(
+            f"this model has about {params / 1e9:.2f}B parameters and needs about {need / 2**30:.0f} GiB "
+            f"to train, more than the {have / 2**30:.0f} GiB of {device.type} memory here; make it smaller."
+        )

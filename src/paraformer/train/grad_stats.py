@@ -8,10 +8,15 @@ step here). At the end of every epoch the epoch's mean norms and the cumulative 
 go into the metrics record (``grad_norm``, ``grad_norm_sum``, ``grad_taylor_sum``,
 ``grad_steps``), so they are saved with the run in the crash-safe order, and resume
 continues the sums exactly (they are also in ``train_state.pt``).
+
+The model lists its layers with ``layers()``; a layer that lives in another process
+(branch parallelism) is ``None`` there, and ``reduce`` (summing over the processes that
+share the model) completes the per-layer figures, so every process ends with all of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,14 +29,18 @@ if TYPE_CHECKING:
 
 
 def layer_parameters(model: nn.Module) -> list[list[nn.Parameter]]:
-    """The trainable parameters of each layer, in ``model.layers()`` order."""
-    return [[p for p in layer.parameters() if p.requires_grad] for layer in model.layers()]
+    """The trainable parameters of each layer, in ``model.layers()`` order (none for another process's)."""
+    return [
+        [] if layer is None else [p for p in layer.parameters() if p.requires_grad]
+        for layer in model.layers()
+    ]
 
 
 class GradientStats(Hook):
     """Accumulates ``||grad||`` and ``|<grad, weight>|`` per layer over all optimizer steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.reduce = reduce
         self.groups: list[list[nn.Parameter]] = []
         self.norm_sum = self.taylor_sum = self.epoch_norm = torch.zeros(0, dtype=torch.float64)
         self.steps = self.epoch_steps = 0
@@ -61,9 +70,12 @@ class GradientStats(Hook):
                 dots.append(
                     sum((g * p.detach().float()).sum() for g, (_, p) in zip(grads, pairs, strict=True)).cpu()
                 )
-        norm = torch.stack(norms).double()
+        both = torch.stack([torch.stack(norms).double() ** 2, torch.stack(dots).double()])
+        if self.reduce is not None:  # squares and dots add up over the processes holding the layers
+            both = self.reduce(both)
+        norm = both[0].sqrt()
         self.norm_sum += norm
-        self.taylor_sum += torch.stack(dots).double().abs()
+        self.taylor_sum += both[1].abs()
         self.epoch_norm += norm
         self.steps += 1
         self.epoch_steps += 1

@@ -1,10 +1,11 @@
-"""The training loop: epochs of batches, each trained by the mode's strategy.
+"""The training loop: epochs of batches, each trained by the run's objective.
 
 Everything else is in a piece of its own: the task gives batches, losses and
-metrics (``tasks.py``), the strategy trains one batch (``strategies.py``), the stepper
-owns the optimizer step (``optim.py``), hooks plug in around it (``hooks.py``), the run
-folder writes files in a crash-safe order (``checkpointing.py``), and ``metrics.py``
-selects the epoch and writes the summary. Training is deterministic for a seed: data
+metrics (``task.py``: a protocol; images and text implement it in ``paraformer.tasks``),
+the objective trains one batch (``objectives.py``), the stepper owns the optimizer step
+(``optim.py``), hooks plug in around it (``hooks.py``), the run folder writes files in
+a crash-safe order (``paraformer.checkpoint``), and ``metrics.py`` selects the epoch
+and writes the summary. Nothing here knows about images or text. Training is deterministic for a seed: data
 order and augmentation come from generators seeded by (seed, epoch, pass, batch), and
 the global RNG is saved, so a resumed run ends with the same weights.
 """
@@ -21,16 +22,15 @@ import torch
 from tqdm.auto import tqdm
 
 from paraformer.analysis.plots import plot_curves
-from paraformer.checkpoint import load_model
+from paraformer.checkpoint import BEST_DIR, RunFolder, load_model, run_header, weights_are_finite
 from paraformer.models import count_params, is_branched
-from paraformer.train.checkpointing import BEST_DIR, RunFolder, graceful_interrupt, weights_are_finite
 from paraformer.train.devices import autocast, compile_model
 from paraformer.train.hooks import Hook, Hooks
 from paraformer.train.metrics import EpochStats, epoch_line, non_finite, prefixed, select_epoch, summarize
+from paraformer.train.objectives import Objective, make_objective
 from paraformer.train.optim import Stepper, make_optimizer
-from paraformer.train.setup import Setup
-from paraformer.train.state import Position, capture_state, restore_state, seeded
-from paraformer.train.strategies import StandardStrategy, make_strategy
+from paraformer.train.state import Position, capture_state, graceful_interrupt, restore_state, seeded
+from paraformer.train.task import Setup
 
 Log = Callable[[str], None]
 
@@ -46,28 +46,32 @@ class Trainer:
         log: Log = print,
         progress: bool = True,
         hooks: Sequence[Hook] = (),
-        first_branch: int = 0,
-        strategy: StandardStrategy | None = None,
+        objective: Objective | None = None,
         command: str | None = "paraformer train",
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.model, self.task, self.device = setup.cfg, setup.model, setup.task, setup.device
         self.log, self.progress, self.hooks = log, progress, Hooks(hooks)
         self.command = command  # the command that resumes this run, for messages; None: not resumable
         cfg = self.cfg
         self.optimizer = make_optimizer(self.model, cfg)
-        # first_branch > 0: the branches before it are a fixed base; only later prefixes train.
-        self.strategy = strategy or make_strategy(
-            self.model, cfg.mode, cfg.prefix_weights, self.task.loss, first_branch
-        )
+        self.objective = objective or make_objective(self.model, cfg.mode, cfg.prefix_weights, self.task.loss)
         self.batches = math.ceil(self.task.num_samples("train") / cfg.batch_size)
-        per_epoch = sum(self.batches * self.strategy.steps_per_batch(p) for p in self.strategy.passes)
+        per_epoch = sum(self.batches * self.objective.steps_per_batch(p) for p in self.objective.passes)
         self.epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / per_epoch)
         total = cfg.max_steps or per_epoch * self.epochs
         self.stepper = Stepper(
             self, self.model, self.optimizer, cfg, total, cfg.warmup_steps(total, per_epoch), self.hooks
         )
         self.pos, self.history, self.stats = Position(), [], EpochStats()
-        config_json = {"train": cfg.to_dict(), "data": setup.task.info(), "mode": self.strategy.name}
+        config_json = {
+            **run_header(self.task.name),
+            "train": cfg.to_dict(),
+            "data": self.task.info(),
+            "mode": self.objective.name,
+            "objective": self.objective.spec(),
+            **(extra_config or {}),
+        }
         self.folder = RunFolder(Path(out_dir), config_json)
         self.hooks.bind(self)
         if cfg.compile:
@@ -107,7 +111,7 @@ class Trainer:
 
     def _train_epoch(self, stop: Any) -> bool:
         """Run the rest of the current epoch; False when interrupted (state saved)."""
-        cfg, passes, last_save = self.cfg, self.strategy.passes, time.monotonic()
+        cfg, passes, last_save = self.cfg, self.objective.passes, time.monotonic()
         done = self.pos.pass_index * self.batches + self.pos.batch
         bar = tqdm(
             total=self.batches * len(passes),
@@ -139,9 +143,10 @@ class Trainer:
                     x, y = self.task.batch(
                         idx, seeded(cfg.seed, self.pos.epoch, self.pos.pass_index, self.pos.batch, 1)
                     )
+                    gen = seeded(cfg.seed, self.pos.epoch, self.pos.pass_index, self.pos.batch, 2)
                     with autocast(self.device, cfg.bf16):
-                        result = self.strategy.train_batch(
-                            self.model, x, y, passes[self.pos.pass_index], self.stepper
+                        result = self.objective.train_batch(
+                            self.model, x, y, passes[self.pos.pass_index], self.stepper, gen
                         )
                     self.pos.step = self.stepper.step
                     self.stats.add(
@@ -220,7 +225,7 @@ class Trainer:
             ).metrics()
         extra = {
             "model": self.cfg.model,
-            "mode": self.strategy.name,
+            "mode": self.objective.name,
             "dataset": self.task.info().get("dataset"),
             "num_params": count_params(self.model),
             "epochs": self.epochs,
@@ -240,7 +245,7 @@ class Trainer:
             plot_curves(
                 self.history,
                 self.folder.path / "curves.png",
-                title=f"{self.cfg.model} ({self.strategy.name})",
+                title=f"{self.cfg.model} ({self.objective.name})",
                 selected_epoch=selected["epoch"],
             )
         return summary

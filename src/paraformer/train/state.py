@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,8 @@ def capture_state(trainer: Trainer) -> dict[str, Any]:
         "epoch_stats": trainer.stats.state_dict(),
         "history_json": [json.dumps(h) for h in trainer.history],
         "hooks": trainer.hooks.state_dict(),
+        "objective": trainer.objective.state_dict(),
+        "train_config_json": json.dumps(trainer.cfg.to_dict(), sort_keys=True),
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -62,8 +67,35 @@ def restore_state(trainer: Trainer, state: dict[str, Any]) -> None:
         trainer.stats = EpochStats.from_state(state["epoch_stats"])
         trainer.history = [json.loads(line) for line in state["history_json"]]
         trainer.hooks.load_state_dict(state.get("hooks", {}))
+        trainer.objective.load_state_dict(state.get("objective", {}))
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         raise CheckpointError(
             f"{trainer.folder.path / TRAIN_STATE_FILE} does not match this run's config ({err})."
         ) from None
     trainer.stepper.step = trainer.pos.step
+
+
+class StopFlag:
+    """First Ctrl-C asks the loop to save and stop at the next batch boundary; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@contextmanager
+def graceful_interrupt() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    try:
+        previous = signal.signal(signal.SIGINT, flag.handle)
+    except ValueError:  # not the main thread: no handler, plain KeyboardInterrupt
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)

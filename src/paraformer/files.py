@@ -1,19 +1,26 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``.
+"""Files: atomic writes and strict JSON, the one way paraformer writes anything.
 
-A crash, Ctrl-C or power cut mid-write leaves the old file (or none), never a
-half-written one; a file reported written is on disk. A failed write (full disk,
-read-only folder) raises ``WriteError`` with a one-line reason and removes the
-temporary file, so the previous version stays intact.
+``atomic_write`` writes a temporary file in the same folder, fsyncs it, then moves it
+into place with ``os.replace``: a crash, Ctrl-C or power cut mid-write leaves the old
+file (or none), never a half-written one. A failed write (full disk, read-only
+folder, a path under a file) raises ``WriteError`` with a one-line reason and removes
+the temporary file, so the previous version stays intact.
+
+JSON is strict everywhere, in files and on stdout (``json_text``): a non-finite number
+is written as ``null``, never as ``NaN`` or ``Infinity``.
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from paraformer.errors import CheckpointError
 
@@ -97,3 +104,40 @@ def remove_orphans(folder: Path) -> list[Path]:
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def json_text(data: Any, indent: int | None = 2) -> str:
+    """Strict JSON text of ``data`` (non-finite numbers become ``null``)."""
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json_text(data) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or a one-line ``CheckpointError`` naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; is {path.parent} a paraformer run or checkpoint folder?")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is corrupt.") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}.") from None

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from paraformer.errors import ConfigError
-from paraformer.prune import check_removal, prune_layers, require_sequential, sublayer_names
+from paraformer.models import require_sequential_lm
+from paraformer.surgery.prune import check_removal, prune_layers, sublayer_names
 
 METHODS = (
     "cascadeflow",
@@ -55,37 +56,6 @@ class Removal:
         return prune_layers(model, layers=self.layers, attn=self.attn, mlp=self.mlp)
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (ties get their mean rank); NaN when either is constant."""
-    ra, rb = _ranks(a), _ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    va = sum((x - ma) ** 2 for x in ra)
-    vb = sum((y - mb) ** 2 for y in rb)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
-
-
-def pearson(a: Sequence[float], b: Sequence[float]) -> float:
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
-    va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
-
-
-def _ranks(values: Sequence[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for t in range(i, j + 1):
-            ranks[order[t]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
 def lowest(scores: Sequence[float], k: int) -> list[int]:
     """Indices of the ``k`` lowest scores (ties: the later layer first)."""
     return sorted(sorted(range(len(scores)), key=lambda i: (scores[i], -i))[:k])
@@ -111,7 +81,7 @@ def magnitude_scores(model: nn.Module) -> list[float]:
 @torch.no_grad()
 def hidden_states(model: nn.Module, batches: torch.Tensor) -> list[torch.Tensor]:
     """Residual streams (depth + 1 of (B, T, D)) on calibration windows ``(B, T)``."""
-    model = require_sequential(model, "this scorer")
+    model = require_sequential_lm(model, "this scorer")
     was = model.training
     model.eval()
     try:
@@ -153,7 +123,7 @@ def finercut_order(
     model: nn.Module, batches: torch.Tensor, steps: int | None = None
 ) -> list[tuple[int, str]]:
     """Sub-layers in FinerCut's greedy removal order (the first ``steps``, default all but one)."""
-    model = require_sequential(model, "finercut")
+    model = require_sequential_lm(model, "finercut")
     was = model.training
     model.eval()
     try:
@@ -213,7 +183,7 @@ def choose_removal(
     """The (sub-)layers ``method`` removes to take ``k`` layers' worth out of ``model``."""
     if method not in METHODS:
         raise ConfigError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}.")
-    model = require_sequential(model, "lm prune")
+    model = require_sequential_lm(model, "lm prune")
     num_layers = model.cfg.depth
     check_removal(num_layers, k)
     if method in NEEDS_DATA and batches is None:

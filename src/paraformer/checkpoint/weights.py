@@ -1,16 +1,12 @@
-"""Checkpoints as folders: ``model.safetensors`` + ``config.json`` (+ ``train_state.pt``).
+"""Weights and configs on disk: ``model.safetensors`` + ``config.json`` (+ ``train_state.pt``).
 
-Every file is written atomically (a temporary file in the same folder, fsync, then
-``os.replace``), so an interrupted write never leaves a half-written checkpoint.
-Nothing is ever unpickled: weights are safetensors, configs JSON, and the resume
-state is read with ``torch.load(weights_only=True)``. JSON never holds NaN: a
-non-finite number is written as ``null``.
+Every file is written atomically (``paraformer.files``), so an interrupted write never
+leaves a half-written checkpoint. Nothing is ever unpickled: weights are safetensors,
+configs JSON, and the resume state is read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,45 +15,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from paraformer.atomic import atomic_write
-from paraformer.config import ModelConfig, config_from_dict
+from paraformer.config import ModelConfig
 from paraformer.errors import CheckpointError, ConfigError
-from paraformer.models import build_model
+from paraformer.files import atomic_write, read_json, write_json
+from paraformer.models import build_model, config_from_dict
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"
-
-
-def json_safe(data: Any) -> Any:
-    """``data`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: json_safe(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [json_safe(v) for v in data]
-    return data
-
-
-def json_text(data: Any, indent: int | None = 2) -> str:
-    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
-
-
-def write_json(path: Path, data: Any) -> None:
-    text = json_text(data) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing; is {path.parent} a paraformer run or checkpoint folder?")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the file is corrupt.") from None
-    except OSError as err:
-        raise CheckpointError(f"cannot read {path}: {err.strerror or err}.") from None
 
 
 def save_model(folder: Path, model: nn.Module, extra_config: dict[str, Any] | None = None) -> None:
@@ -120,19 +85,25 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> nn.Module:
     return model.to(device)
 
 
+def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> str | None:
+    """One phrase saying how ``given`` differs from ``expected`` (names, then shapes), or None."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    if missing or unexpected:
+        return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    for key, want in expected.items():
+        got = given[key]
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"{key} has shape {shape}, the model needs {tuple(want.shape)}"
+    return None
+
+
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Load ``state`` into ``model``, or say in one line how it does not match."""
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source} does not match its config.json "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})."
-        )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise CheckpointError(f"{source} does not match its config.json: {first[-1].strip()}") from None
+    problem = state_mismatch(model.state_dict(), state)
+    if problem is not None:
+        raise CheckpointError(f"{source} does not match its config.json ({problem}).")
+    model.load_state_dict(state)
 
 
 def save_train_state(folder: Path, state: dict[str, Any]) -> None:

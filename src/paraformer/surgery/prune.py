@@ -15,22 +15,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from paraformer.config_lm import LMConfig
+from paraformer.config import LMConfig
 from paraformer.errors import ConfigError
-from paraformer.models import CausalLM, build_model
+from paraformer.models import CausalLM, build_model, require_sequential_lm
 
 BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 SUBLAYERS = {"attn": ("norm1.", "attn."), "mlp": ("norm2.", "mlp.")}
-
-
-def require_sequential(model: nn.Module, what: str) -> CausalLM:
-    if not isinstance(model, CausalLM):
-        family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
-        raise ConfigError(
-            f"{what} removes layers of a sequential language model; got a {family} (a ParaFormer-LM "
-            "is compressed by keeping its first branches instead)."
-        )
-    return model
 
 
 def check_removal(num_layers: int, k: int) -> None:
@@ -47,7 +37,7 @@ def prune_layers(
 ) -> CausalLM:
     """A new model without ``layers``, and without the attention (``attn``) / FFN (``mlp``)
     sub-layers of the listed layers. A layer left with neither sub-layer is removed."""
-    model = require_sequential(model, "pruning")
+    model = require_sequential_lm(model, "pruning")
     cfg: LMConfig = model.cfg
     drop, no_attn, no_mlp = set(layers), set(cfg.no_attn) | set(attn), set(cfg.no_mlp) | set(mlp)
     bad = sorted(i for i in drop | no_attn | no_mlp if not 0 <= i < cfg.depth)
@@ -87,7 +77,7 @@ def prune_layers(
 
 def sublayer_names(model: nn.Module) -> list[tuple[int, str]]:
     """Every (layer, "attn"|"mlp") sub-layer the model still has, in order."""
-    model = require_sequential(model, "sub-layer pruning")
+    model = require_sequential_lm(model, "sub-layer pruning")
     return [
         (i, part)
         for i, block in enumerate(model.blocks)

@@ -1,0 +1,16 @@
+"""The command-line verbs: one module per verb (or family of verbs), each a thin layer over the
+documented function it calls. ``VERBS`` is what ``paraformer.cli`` assembles, in help order."""
+
+from paraformer.commands import compress, evaluate, expand, export, info, lm, train
+
+VERBS = (
+    train.register,
+    evaluate.register,
+    compress.register,
+    export.register,
+    expand.register,
+    info.register,
+    lm.register,
+)
+
+__all__ = ["VERBS"]
