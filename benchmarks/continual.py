@@ -418,10 +418,11 @@ def main(argv: list[str] | None = None) -> None:
             for m in args_d.methods:
                 results.setdefault(seed, {})[m] = run_method(m, dataset, data, args_d, seed, log)
         wall += time.time() - started
-        args_d.add_to_recorded = args_d.render_only = args_d.no_write = False  # not recorded settings
         args_d.methods = [m for m in METHODS if all(m in r for r in results.values())]
         payload = {"chosen_by": chosen_by, "wall_seconds": wall, "results": results}
-        record = record_results(name, payload, command=command, seeds=sorted(results), config=vars(args_d))
+        skip = ("add_to_recorded", "render_only", "no_write")  # how this command ran, not the settings
+        config = {k: v for k, v in vars(args_d).items() if k not in skip}
+        record = record_results(name, payload, command=command, seeds=sorted(results), config=config)
         print(render_section(record).text, flush=True)
         if not args.no_write:
             print(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")

@@ -66,8 +66,8 @@ def provenance(record: dict[str, Any]) -> list[str]:
         f"`{record.get('command')}`",
         "",
         f"Raw results `benchmarks/results/{record.get('benchmark')}.json`, written {record.get('time_utc')} "
-        f"on {machine}{''.join(', ' + v for v in versions if v)}; {load_text}; {commit_text}; "
-        f"seeds {', '.join(map(str, seeds)) or 'none'} (n={len(seeds)}).",
+        f"on {machine}{''.join(', ' + v for v in versions if v)}; {load_text}; {commit_text}"
+        + (f"; seeds {', '.join(map(str, seeds))} (n={len(seeds)})." if seeds else "."),
     ]
     migrated = record.get("migrated")
     if migrated:
@@ -93,7 +93,7 @@ def comparison_lines(compared: Sequence[Compared], title: str) -> list[str]:
             f"Fewer than {MIN_SEEDS} paired {unit}: {few_seeds(smallest.result.n, unit)} at the least.",
             "",
         ]
-    header = ["comparison (first minus second)", "paired n", "difference [95% interval]", "verdict"]
+    header = ["comparison (first vs second)", "paired n", "difference, or ratio [95% interval]", "verdict"]
     return lines + table(header, rows)
 
 

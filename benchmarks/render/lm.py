@@ -65,7 +65,7 @@ def comparisons(record: dict[str, Any]) -> dict[str, Compared]:
             r = speed_ratio(record, arm, what)
             if r is not None:
                 out[f"{what}-{arm}"] = Compared(
-                    f"{name} ratio ({better} is better): {label(arm)} / uniform", r
+                    f"{name} ratio ({better} is better): {label(arm)} / uniform", r, paired_by="rounds"
                 )
     return out
 

@@ -30,6 +30,18 @@ def speedup(slow: list[float], fast: list[float]) -> Comparison:
     return paired_ratio(by_round(slow), by_round(fast), "higher")
 
 
+def _ratio_cell(times: dict[str, list[float]], ref: str, variant: str) -> str:
+    """The speed of ``variant`` relative to ``ref`` with its interval ('1' for ref itself)."""
+    if variant == ref:
+        return "1"
+    return speedup(times[ref], times[variant]).ratio() if times.get(ref) and times.get(variant) else ""
+
+
+def _cost(times: dict[str, list[float]], mode: str, ref: str) -> Comparison:
+    """Epoch cost of ``mode`` relative to ``ref``, paired by round (lower is better)."""
+    return paired_ratio(by_round(times[mode]), by_round(times[ref]), "lower")
+
+
 def _ms(times: list[float]) -> str:
     return f"{1000 * statistics.median(times):.1f}"
 
@@ -54,8 +66,8 @@ def throughput_comparisons(record: dict[str, Any]) -> dict[str, Compared]:
                 )
             if not cfg.get("bf16") and not cfg.get("compile"):
                 for ref in ("vit", "fused"):
-                    if mode != ref:  # epoch cost of mode relative to ref: lower is better
-                        c = paired_ratio(by_round(times[mode]), by_round(times[ref]), "lower")
+                    if mode != ref and (mode, ref) != ("vit", "fused"):  # fused / vit is there already
+                        c = _cost(times, mode, ref)
                         out[f"{name}-{mode}-{ref}"] = Compared(
                             f"{name}: epoch cost of {MODES[mode]} / {MODES[ref]} (lower is better)",
                             c,
@@ -80,10 +92,7 @@ def render_throughput(record: dict[str, Any]) -> Section:
                 )
             else:
                 ips = cfg["batch_size"] / statistics.median(times[mode])
-                cost = [
-                    compared[f"{name}-{mode}-{ref}"].figure() if mode != ref else "1"
-                    for ref in ("vit", "fused")
-                ]
+                cost = [_cost(times, mode, ref).ratio() if mode != ref else "1" for ref in ("vit", "fused")]
                 rows.append([*base, f"{ips:.0f}", *cost])
     header = ["input", "mode", "ms per batch-epoch (median)"]
     if cfg.get("bf16"):
@@ -119,8 +128,10 @@ def single_comparisons(record: dict[str, Any]) -> dict[str, Compared]:
     for case in record["payload"]["cases"]:
         times = case["times"]
         for variant in times:
-            for ref in ("ViT twin", "branch loop"):
-                if variant != ref and ref in times:
+            refs = ("ViT twin", "branch loop")
+            for ref in refs:
+                inverse = variant in refs and refs.index(variant) < refs.index(ref)  # kept as ref / variant
+                if variant != ref and ref in times and not inverse:
                     c = speedup(times[ref], times[variant])
                     out[f"{case['title']}-{variant}-{ref}"] = Compared(
                         f"{case['title']}: {variant} speed / {ref}", c, paired_by="rounds"
@@ -134,10 +145,7 @@ def render_single(record: dict[str, Any]) -> Section:
     rows = []
     for case in record["payload"]["cases"]:
         for variant, times in case["times"].items():
-            ratios = [
-                "1" if variant == ref else compared[f"{case['title']}-{variant}-{ref}"].figure()
-                for ref in ("ViT twin", "branch loop")
-            ]
+            ratios = [_ratio_cell(case["times"], ref, variant) for ref in ("ViT twin", "branch loop")]
             rows.append([case["title"], variant, _ms(times), *ratios])
     protocol = (
         f"One process, {cfg['threads']} torch thread(s). Inference: the paper model (`paraformer_paper`, "
@@ -164,8 +172,10 @@ def render_single(record: dict[str, Any]) -> Section:
 def distributed_comparisons(record: dict[str, Any]) -> dict[str, Compared]:
     runs, out = record["payload"]["runs"], {}
     for config, times in runs.items():
-        for ref in ("para-1", "vit-gpipe2"):
-            if config != ref and ref in runs and times and runs[ref]:
+        refs = ("para-1", "vit-gpipe2")
+        for ref in refs:
+            inverse = config in refs and refs.index(config) < refs.index(ref)  # kept as ref / config
+            if config != ref and ref in runs and times and runs[ref] and not inverse:
                 c = speedup(runs[ref], times)
                 out[f"{config}-{ref}"] = Compared(
                     f"{DIST_LABELS[config]}: speed / {DIST_LABELS[ref]}", c, paired_by="rounds"
@@ -184,12 +194,7 @@ def render_distributed(record: dict[str, Any]) -> Section:
         times = payload["runs"].get(config)
         if not times:
             continue
-        ratios = [
-            "1"
-            if config == ref
-            else (compared[f"{config}-{ref}"].figure() if f"{config}-{ref}" in compared else "")
-            for ref in ("para-1", "vit-gpipe2")
-        ]
+        ratios = [_ratio_cell(payload["runs"], ref, config) for ref in ("para-1", "vit-gpipe2")]
         rows.append([label, f"{cfg['dist_batch'] / statistics.median(times):.1f}", *ratios])
     protocol = (
         "Processes launched with `torch.distributed.run` on 127.0.0.1 (gloo), one torch thread per "
