@@ -50,6 +50,8 @@ def _short(c: Compared | None, label: str) -> list[Compared]:
 class Beats:
     """Every comparison a win: reproduced; any a loss: contradicted; else not reproduced at this scale."""
 
+    name = "all wins"
+
     text: str = (
         "every comparison a win (its 95% interval on the claimed side of 0): reproduced; any a loss: "
         "contradicted; otherwise: not reproduced at this scale"
@@ -70,10 +72,14 @@ class Reaches:
     better: str = "higher"
 
     @property
+    def name(self) -> str:
+        return f"reaches {self.target:.4g}x"
+
+    @property
     def text(self) -> str:
         side = "at least" if self.better == "higher" else "at most"
         return (
-            f"win and the interval reaches {side} {self.target:.3g}x: reproduced; a win short of it: smaller"
+            f"win and the interval reaches {side} {self.target:.4g}x: reproduced; a win short of it: smaller"
         )
 
     def verdict(self, ev: Evidence) -> str:
@@ -89,6 +95,10 @@ class Comparable:
     """'Comparable' = not worse by more than ``margin`` of the reference (lower is better)."""
 
     margin: float = 0.02
+
+    @property
+    def name(self) -> str:
+        return f"within +{self.margin:.0%}"
 
     @property
     def text(self) -> str:
@@ -112,6 +122,10 @@ class WithinReach:
     target: float
 
     @property
+    def name(self) -> str:
+        return f"needs {self.target:g}x"
+
+    @property
     def text(self) -> str:
         return f"needs a measured ratio of {self.target:g}x; then the cut model must not lose to the full one"
 
@@ -128,6 +142,7 @@ class WithinReach:
 class Interventions:
     """Equalising gradient norms does not restore late layers (no win); shared repetition does (a win)."""
 
+    name = "interventions"
     text: str = "equalised: no win and shared repetition: a win -> reproduced; the reverse -> contradicted"
 
     def verdict(self, ev: Evidence) -> str:

@@ -101,12 +101,14 @@ def render(records: dict[str, dict[str, Any] | None]) -> str:
         body = []
         for r in (r for r in rows if r.claim.group == group):
             c = r.claim
-            rules.setdefault(type(c.rule).__name__, c.rule.text)
+            rule = "" if c.untestable else f"; rule: {c.rule.name}"
+            if not c.untestable:
+                rules.setdefault(c.rule.name, c.rule.text)
             body.append(
                 [
                     c.name,
                     c.paper,
-                    f"{c.protocol} ([{c.section}](BENCHMARKS.md#{c.section}))",
+                    f"{c.protocol}{rule} ([{c.section}](BENCHMARKS.md#{c.section}))",
                     r.result,
                     f"**{r.verdict}**",
                     f"`{r.command}`" if r.command != "-" else "-",
