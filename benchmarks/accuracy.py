@@ -11,9 +11,10 @@ For each dataset and seed, on the same data, batch, optimiser and schedule shape
                     wall-clock seconds are not comparable on a shared machine
 
 Every figure is the test accuracy of the epoch selected on the validation split (the
-test split is read once per run, at the end). Results are mean ± standard deviation
-over the seeds, with a verdict per comparison: a difference counts as a win or a loss
-when it exceeds twice its standard error, else it is a tie.
+test split is read once per run, at the end). Every run's figures and budget (optimizer
+steps, images seen, seconds; for equal-time arms the measured cost ratio and the load on
+both sides) go to benchmarks/results/accuracy-<dataset>.json; ``python -m benchmarks.report``
+renders them (paired by seed, 95% intervals: docs/protocol.md).
 
     python benchmarks/accuracy.py --data-dir ../shared/datasets                 # the recorded protocol
     python benchmarks/accuracy.py --datasets fashion-mnist --seeds 0 --epochs 1 --limit-train 500  # smoke
@@ -24,32 +25,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks` package
+
 import torch
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from benchmarks.protocol import budget, load_now, record_results, write_json, write_record
+from benchmarks.render.accuracy import images_seen
+from benchmarks.render.accuracy import render as render_section
 from paraformer.train import TrainConfig, resume, train
-from report import pm, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("vit", "joint", "fused", "progressive", "vit-steps", "fused-steps", "vit-time", "fused-time")
-LABELS = {
-    "vit": "ViT twin",
-    "joint": "ParaFormer joint",
-    "fused": "ParaFormer fused",
-    "progressive": "ParaFormer progressive",
-    "vit-steps": "ViT twin, progressive's steps",
-    "fused-steps": "ParaFormer fused, progressive's steps",
-    "vit-time": "ViT twin, progressive's time",
-    "fused-time": "ParaFormer fused, progressive's time",
-}
 PRESETS = {"fashion-mnist": "tiny_fmnist", "cifar10": "tiny_cifar"}
 
 
@@ -76,30 +68,39 @@ def base_config(dataset: str, arm: str, args: argparse.Namespace, seed: int) -> 
     )
 
 
-def run(cfg: TrainConfig | None, run_dir: Path, args: argparse.Namespace) -> dict[str, Any] | None:
-    """Train (or read back, or resume) one run; its summary and per-epoch history.
+def run(
+    cfg: TrainConfig | None, run_dir: Path, args: argparse.Namespace, budget_ratio: float | None = None
+) -> dict[str, Any] | None:
+    """Train (or read back, or resume) one run; its summary, per-epoch history and budget.
 
     With ``--report-only`` a finished run is read back whatever its config, and anything
-    else is skipped (None): nothing trains.
+    else is skipped (None): nothing trains. A run trained or resumed here records the load
+    average before and after it (and an equal-time arm the cost ratio that sized it) in
+    ``benchmark.json`` beside the run, so that a reused run keeps them.
     """
     if args.report_only:
         done = run_dir / "summary.json"
         if not (done.is_file() and json.loads(done.read_text()).get("complete")):
             return None
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return {
-            "summary": json.loads(done.read_text()),
-            "history": [json.loads(line) for line in lines],
-            "config": json.loads((run_dir / "config.json").read_text()).get("train"),
-        }
+        return with_budget(
+            {
+                "summary": json.loads(done.read_text()),
+                "history": [json.loads(line) for line in lines],
+                "config": json.loads((run_dir / "config.json").read_text()).get("train"),
+            },
+            run_dir,
+        )
     saved = run_dir / "config.json"
     # read back through TrainConfig, so that a field added since (with its default) still matches
     same = saved.is_file() and TrainConfig.from_dict(json.loads(saved.read_text())["train"]) == cfg
     log = lambda line: print("   ", line, flush=True)  # noqa: E731
     print(f"== {run_dir.name}", flush=True)
+    load_before, trained_here = load_now(), True
     if args.reuse and same and (run_dir / "summary.json").is_file():
         summary = json.loads((run_dir / "summary.json").read_text())
-        if not summary.get("complete"):
+        trained_here = not summary.get("complete")
+        if trained_here:
             summary = resume(run_dir, progress=False, log=log)
     elif args.reuse and same and (run_dir / "train_state.pt").is_file():
         summary = resume(run_dir, progress=False, log=log)
@@ -107,15 +108,36 @@ def run(cfg: TrainConfig | None, run_dir: Path, args: argparse.Namespace) -> dic
         if run_dir.exists():
             shutil.rmtree(run_dir)
         summary = train(cfg, run_dir, progress=False, log=log)
+    if trained_here:
+        loads = [x[0] if x else None for x in (load_before, load_now())]
+        write_json(run_dir / BENCH_META, {"load": loads, "budget_ratio": budget_ratio})
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"summary": summary, "history": history, "config": cfg.to_dict()}
+    return with_budget({"summary": summary, "history": history, "config": cfg.to_dict()}, run_dir)
+
+
+BENCH_META = "benchmark.json"  # the benchmark's notes beside a run: load before/after, budget ratio
+
+
+def with_budget(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Add the run's budget: optimizer steps, images seen, seconds (+ budget ratio and load if noted)."""
+    meta_path = run_dir / BENCH_META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    s = result["summary"]
+    result["budget"] = budget(
+        optimizer_steps=s["steps"],
+        seen=images_seen(result["history"]),
+        train_seconds=s["train_seconds"],
+        budget_ratio=meta.get("budget_ratio"),
+        load={"arm": meta.get("load")},
+    )
+    return result
 
 
 def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """All arms of one dataset and seed; the budget arms are sized from progressive's run."""
-    budget = [a for a in args.arms if "-" in a]
-    needed = set(args.arms) - set(budget) | ({"progressive"} if budget else set())
-    needed |= {a.split("-")[0] for a in budget if a.endswith("time")}  # their seconds per epoch
+    budget_arms = [a for a in args.arms if "-" in a]
+    needed = set(args.arms) - set(budget_arms) | ({"progressive"} if budget_arms else set())
+    needed |= {a.split("-")[0] for a in budget_arms if a.endswith("time")}  # their seconds per epoch
     out: dict[str, dict[str, Any]] = {}
     for arm in ("vit", "joint", "fused", "progressive"):
         if arm in needed:
@@ -123,12 +145,13 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dic
                 base_config(dataset, arm, args, seed), args.out / f"{dataset}-{arm}-seed{seed}", args
             )
     prog = out.get("progressive")
-    timed = any(a.endswith("time") for a in budget) and not args.report_only
+    timed = any(a.endswith("time") for a in budget_arms) and not args.report_only
     costs = epoch_costs(dataset, args) if timed else {}
     for arm in ("vit-steps", "fused-steps", "vit-time", "fused-time"):
         if arm not in args.arms or prog is None:
             continue
         cfg = base_config(dataset, arm, args, seed)
+        ratio = None
         if args.report_only:
             cfg = None
         elif arm.endswith("steps"):
@@ -136,15 +159,15 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dic
         else:
             ratio = costs["progressive"] / costs[arm.split("-")[0]]
             cfg = cfg.replace(epochs=max(1, round(prog["summary"]["epochs_completed"] * ratio)))
-        out[arm] = run(cfg, args.out / f"{dataset}-{arm}-seed{seed}", args)
-        if costs and out[arm] is not None:
-            out[arm]["epoch_cost_ratio"] = costs["progressive"] / costs[arm.split("-")[0]]
+        out[arm] = run(cfg, args.out / f"{dataset}-{arm}-seed{seed}", args, budget_ratio=ratio)
+        if out[arm] is not None and arm.endswith("time"):  # the load on both sides of the equal-time pair
+            out[arm]["budget"]["load"]["reference"] = prog["budget"]["load"]["arm"]
     return {arm: r for arm, r in out.items() if arm in args.arms and r is not None}
 
 
 def epoch_costs(dataset: str, args: argparse.Namespace) -> dict[str, float]:
     """Seconds per batch's share of an epoch for vit, fused and progressive, measured side by side."""
-    from throughput import INPUTS, build, epoch_seconds_per_batch
+    from benchmarks.throughput import INPUTS, build, epoch_seconds_per_batch
 
     preset, channels, size = INPUTS[dataset]
     x = torch.randn(args.batch_size, channels, size, size)
@@ -159,112 +182,6 @@ def epoch_costs(dataset: str, args: argparse.Namespace) -> dict[str, float]:
     costs = {mode: statistics.median(t) for mode, t in times.items()}
     print(f"    epoch cost per batch (side by side): {costs}", flush=True)
     return costs
-
-
-def verdict(a: list[float], b: list[float]) -> str:
-    """'win' / 'loss' when the mean difference a - b exceeds twice its standard error, else 'tie'."""
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2:
-        return f"{100 * diff:+.2f} points (one seed: no verdict)"
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    word = "tie" if abs(diff) <= 2 * se else ("win" if diff > 0 else "loss")
-    return f"{100 * diff:+.2f} ± {100 * se:.2f} points: **{word}**"
-
-
-def table(dataset: str, results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
-    seeds = sorted(results)
-    lines = [
-        f"**{dataset}** (mean ± std over the seeds each row names)",
-        "",
-        "| run | seeds | epochs | optimizer steps | training s | val acc % | test acc % "
-        "| test acc with first k branches % |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arm in ARMS:
-        ran = [s for s in seeds if arm in results[s]]
-        runs = [results[s][arm] for s in ran]
-        if not runs:
-            continue
-        summaries = [r["summary"] for r in runs]
-        prefix = [s.get("test_acc_prefix") for s in summaries]
-        curve = "n/a"
-        if all(prefix):
-            curve = " / ".join(
-                f"{100 * statistics.fmean(p[k] for p in prefix):.1f}" for k in range(len(prefix[0]))
-            )
-
-        def col(key: str, scale: float = 1.0, digits: int = 0, summaries=summaries) -> str:
-            return pm([scale * s[key] for s in summaries], digits, one="")
-
-        lines.append(
-            f"| {LABELS[arm]} | {', '.join(map(str, ran))} | {col('epochs_completed')} | {col('steps')} "
-            f"| {col('train_seconds')} "
-            f"| {col('val_acc', 100, 2)} | {col('test_acc', 100, 2)} | {curve} |"
-        )
-    return lines
-
-
-def comparisons(dataset: str, results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
-    def acc(arm: str) -> list[float]:
-        return [results[s][arm]["summary"]["test_acc"] for s in sorted(results) if arm in results[s]]
-
-    pairs = [
-        ("equal epochs", "progressive", "vit"),
-        ("equal epochs", "fused", "vit"),
-        ("equal epochs", "joint", "vit"),
-        ("equal steps", "progressive", "vit-steps"),
-        ("equal steps", "fused-steps", "vit-steps"),
-        ("equal time", "progressive", "vit-time"),
-        ("equal time", "fused-time", "vit-time"),
-        ("equal time", "fused-time", "progressive"),
-    ]
-    lines = [f"Comparisons on {dataset} (test accuracy, first minus second):", ""]
-    for budget, a, b in pairs:
-        if acc(a) and acc(b):
-            lines.append(f"- {budget}: {LABELS[a]} vs {LABELS[b]}: {verdict(acc(a), acc(b))}")
-    return lines
-
-
-def plot(dataset: str, results: dict[int, dict[str, dict[str, Any]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_k) = plt.subplots(1, 2, figsize=(12, 4.8))
-    seed = min(results)
-    for i, arm in enumerate(ARMS):
-        r = results[seed].get(arm)
-        if r is None:
-            continue
-        t, points = 0.0, []
-        for h in r["history"]:
-            t += h["train_seconds"]
-            points.append((t, 100 * h["val_acc"]))
-        style = "--" if arm.startswith("vit") else "-"
-        ax_t.plot(
-            *zip(*points, strict=True), style, marker="o", markersize=2, color=f"C{i}", label=LABELS[arm]
-        )
-        prefixes = [r[arm]["summary"].get("test_acc_prefix") for r in results.values() if arm in r]
-        if all(prefixes):
-            ks = range(1, len(prefixes[0]) + 1)
-            means = [100 * statistics.fmean(p[k - 1] for p in prefixes) for k in ks]
-            ax_k.plot(ks, means, marker="o", color=f"C{i}", label=LABELS[arm])
-        elif arm == "vit":
-            acc = statistics.fmean(
-                results[s][arm]["summary"]["test_acc"] for s in results if arm in results[s]
-            )
-            ax_k.axhline(100 * acc, color=f"C{i}", linestyle="--", label=LABELS[arm])
-    ax_t.set(xlabel="training seconds", ylabel="validation accuracy (%)", title=f"{dataset}: seed {seed}")
-    ax_k.set(
-        xlabel="branches used (first k)", ylabel="test accuracy (%)", title=f"{dataset}: mean over seeds"
-    )
-    for ax in (ax_t, ax_k):
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -286,7 +203,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs in --out, resume others")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-accuracy")
-    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument(
+        "--no-write", action="store_true", help="do not write benchmarks/results/ (a smoke run)"
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: tabulate the finished runs in --out"
     )
@@ -294,62 +213,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    command = " ".join(
-        [
-            f"python benchmarks/accuracy.py --datasets {' '.join(args.datasets)} --data-dir {args.data_dir}",
-            f"--epochs {args.epochs} --limit-train {args.limit_train} --batch-size {args.batch_size}",
-            f"--lr {args.lr:g} --dim {args.dim} --heads {args.heads} --branches {args.branches}",
-            f"--branch-depth {args.branch_depth} --seeds {' '.join(map(str, args.seeds))}",
-            f"--arms {' '.join(args.arms)}",
-            f"--threads {args.threads}" if args.threads else "",
-        ]
-    ).strip()
     for dataset in args.datasets:
         results = {seed: run_seed(dataset, seed, args) for seed in args.seeds}
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"accuracy-{dataset}.json").write_text(
-            json.dumps({"command": command, "results": results}, indent=1, default=str)
+        record = record_results(
+            f"accuracy-{dataset}", {"results": results}, seeds=args.seeds, config=vars(args)
         )
-        plot(dataset, results, RESULTS / f"accuracy-{dataset}.png")
-        n = args.branches
-        protocol = " ".join(
-            [
-                f"Protocol: {dataset}, the first {args.limit_train} training images (class-balanced;",
-                "10% held out for validation), the full test set; patch 4 at native resolution;",
-                f"dim {args.dim}, {args.heads} heads, MLP {4 * args.dim}, no dropout; ParaFormer {n}",
-                f"branches x depth {args.branch_depth}, ViT twin depth {n * args.branch_depth} (same",
-                f"parameters); batch {args.batch_size}, AdamW lr {args.lr:g}, 1 warmup epoch then cosine,",
-                "weight decay 0.05, grad clip 1; random crops, flips on CIFAR-10 only; fp32. Equal epochs:",
-                f"{args.epochs} each. Equal steps: the optimizer steps progressive took ({n + 1} per batch),",
-                "same batch. Equal time: as many epochs as cost what progressive's epochs cost, from each",
-                "schedule's cost per epoch measured side by side (interleaved) before the runs; the",
-                "'training s' column is each run's own wall clock on a shared machine, not comparable",
-                "across rows. Test accuracy is that of the epoch with the best validation accuracy,",
-                "measured once at the end.",
-            ]
-        )
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        section = "\n".join(
-            [
-                f"### Accuracy at equal epochs, steps and time ({dataset})",
-                "",
-                f"Finished {stamp} on {describe()}.",
-                "",
-                f"`{command}`",
-                "",
-                protocol,
-                "",
-                *table(dataset, results),
-                "",
-                *comparisons(dataset, results),
-                "",
-                f"![curves](benchmarks/results/accuracy-{dataset}.png)",
-                "",
-            ]
-        )
-        print(section, flush=True)
+        print(render_section(record).text, flush=True)
         if not args.no_write:
-            update_section(f"accuracy-{dataset}", section)
+            print(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")
 
 
 if __name__ == "__main__":

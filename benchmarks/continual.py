@@ -23,25 +23,29 @@ test; test images are read only for the reported matrices.
 
     python benchmarks/continual.py --data-dir ../shared/datasets                  # recorded run
     python benchmarks/continual.py --quick --no-write --data-dir ../shared/datasets  # smoke run
+
+Every seed's accuracy matrices, figures and budget (optimizer steps, images seen, seconds)
+go to benchmarks/results/continual-<dataset>.json; ``python -m benchmarks.report`` renders them.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks` package
+
 import torch
 import torch.nn.functional as F
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from benchmarks.protocol import budget, load_results, record_results, write_record
+from benchmarks.render.continual import render as render_section
 from paraformer.analysis.continual import (
     average_accuracy,
     average_forgetting,
@@ -58,19 +62,8 @@ from paraformer.train import TrainConfig
 from paraformer.train.expansion import train_expansion
 from paraformer.train.optim import make_optimizer
 from paraformer.train.schedule import warmup_cosine
-from report import pm, update_section
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("expansion", "expansion-open", "finetune", "replay", "lwf", "joint")
-LABELS = {
-    "expansion": "ParaFormer expansion",
-    "expansion-open": "ParaFormer expansion, new gates set to 1 (ablation)",
-    "finetune": "fine-tuning (lower bound)",
-    "replay": "experience replay (200 images)",
-    "lwf": "Learning without Forgetting",
-    "joint": "joint on all data so far (upper bound)",
-}
 PRESETS = {"fashion-mnist": "paraformer_tiny_fmnist", "cifar10": "paraformer_tiny_cifar"}
 Log = Callable[[str], None]
 
@@ -168,8 +161,11 @@ def train_task(
     buffer: ImageDataset | None = None,
     teacher: torch.nn.Module | None = None,
     n_old: int = 0,
-) -> None:
-    """``epochs`` of AdamW on ``data`` (+ a replay batch from ``buffer``, + LwF on ``teacher``)."""
+) -> tuple[int, int]:
+    """``epochs`` of AdamW on ``data`` (+ a replay batch from ``buffer``, + LwF on ``teacher``).
+
+    Returns (optimizer steps, images seen), replayed images included.
+    """
     cfg = loop_config(args, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(model, cfg)  # AdamW, no decay on norms, biases, embeddings, gates
@@ -177,6 +173,7 @@ def train_task(
     total, warmup, step = batches * args.epochs, round(args.warmup_epochs * batches), 0
     gen = torch.Generator().manual_seed(seed)
     model.train()
+    seen = 0
     for _ in range(args.epochs):
         order = torch.randperm(len(data), generator=gen)
         for i in range(0, len(order), args.batch_size):
@@ -186,6 +183,7 @@ def train_task(
                 pick = torch.randint(0, len(buffer), (args.replay_batch,), generator=gen)
                 images = torch.cat([images, buffer.images[pick]])
                 labels = torch.cat([labels, buffer.labels[pick]])
+            seen += len(images)
             x = transform(images, train=True, generator=gen)
             loss, logits = prefix_loss(model, x, labels, n_seen)
             if teacher is not None and n_old:
@@ -201,6 +199,7 @@ def train_task(
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             step += 1
+    return step, seen
 
 
 @torch.no_grad()
@@ -236,7 +235,7 @@ def run_method(
     expansion = method.startswith("expansion")
     model = backbone(dataset, args, seed, per_task if expansion else 10)
     buffer: ImageDataset | None = None
-    seconds = 0.0
+    seconds, steps, seen = 0.0, 0, 0
     gen = torch.Generator().manual_seed(seed)
     for t in range(t_count):
         n_seen = per_task * (t + 1)
@@ -251,12 +250,13 @@ def run_method(
                         branch.gate.fill_(1.0)
             cfg = loop_config(args, seed * 1000 + t)
             # as `paraformer expand --classes` does: the loss reads only the new task's logits
-            model, _ = train_expansion(
+            model, summary = train_expansion(
                 grown, old_branches, trains[t], transform=transform, cfg=cfg, loss_classes=list(tasks[t])
             )
             check_frozen(grown, model, old_branches)
+            task_steps, task_seen = summary["steps"], len(trains[t]) * summary["epochs_completed"]
         else:
-            train_task(
+            task_steps, task_seen = train_task(
                 model,
                 concat(trains[: t + 1]) if method == "joint" else trains[t],
                 n_seen,
@@ -268,6 +268,7 @@ def run_method(
                 n_old=per_task * t,
             )
         seconds += time.perf_counter() - begin
+        steps, seen = steps + task_steps, seen + task_seen
         if method == "replay":  # class-balanced: 200 / (classes seen) images per class
             pool = concat([buffer, trains[t]]) if buffer is not None else trains[t]
             buffer = pool.subset(class_balanced_buffer(pool.labels, args.buffer, gen))
@@ -286,6 +287,7 @@ def run_method(
         "stored_images": len(buffer) if buffer is not None else 0,
         "gates": [round(float(b.gate.detach()), 4) for b in model.branches if b.gate is not None],
         "train_seconds": seconds,
+        "budget": budget(optimizer_steps=steps, seen=seen, train_seconds=seconds),
     }
 
 
@@ -324,129 +326,6 @@ def choose_lr_epochs(dataset: str, args: argparse.Namespace, log: Log) -> tuple[
     return best[1], best[2]
 
 
-# ----------------------------------------------------------------------------------- report
-
-
-def summary_table(results: dict[int, dict[str, dict[str, Any]]], methods: list[str]) -> list[str]:
-    seeds = sorted(results)
-    lines = [
-        "| method | class-IL avg acc % | task-IL avg acc % | class-IL forgetting % | task-IL forgetting % "
-        "| parameters at end | branches at end | stored images | training s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for m in methods:
-        rs = [results[s][m] for s in seeds]
-
-        def col(key: str, scale: float = 100.0, digits: int = 1, rs: list = rs) -> str:
-            return pm([scale * r[key] for r in rs], digits)
-
-        lines.append(
-            f"| {LABELS[m]} | {col('avg_acc_class_il')} | {col('avg_acc_task_il')} "
-            f"| {col('forgetting_class_il')} | {col('forgetting_task_il')} | {rs[0]['params']:,} "
-            f"| {rs[0]['branches']} | {rs[0]['stored_images']} | {col('train_seconds', 1.0, 0)} |"
-        )
-    return lines
-
-
-def mean_matrix(results: dict[int, dict[str, dict[str, Any]]], method: str, key: str) -> torch.Tensor:
-    return torch.tensor([results[s][method][key] for s in sorted(results)]).mean(dim=0)
-
-
-def plot(dataset: str, results: dict[int, dict[str, dict[str, Any]]], methods: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(methods), figsize=(3.2 * len(methods), 6.4), squeeze=False)
-    for col, m in enumerate(methods):
-        for row, (key, name) in enumerate((("class_il", "class-IL"), ("task_il", "task-IL"))):
-            ax = axes[row][col]
-            mat = 100 * mean_matrix(results, m, key)
-            ax.imshow(mat.numpy(), vmin=0, vmax=100, cmap="viridis")
-            for i in range(mat.shape[0]):
-                for j in range(i + 1):
-                    v = float(mat[i, j])
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
-                            color="black" if v > 60 else "white")  # fmt: skip
-            n = mat.shape[0]
-            ax.set_xticks(range(n), [f"T{j + 1}" for j in range(n)], fontsize=7)
-            ax.set_yticks(range(n), [f"after T{i + 1}" for i in range(n)], fontsize=7)
-            ax.set_title(f"{LABELS[m].split(' (')[0]}\n{name}", fontsize=8)
-            if row == 1:
-                ax.set_xlabel("tested on task", fontsize=7)
-    seeds = ", ".join(map(str, sorted(results)))
-    fig.suptitle(f"Split {dataset}: test accuracy % (mean over seeds {seeds})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def findings(results: dict[int, dict[str, dict[str, Any]]], methods: list[str]) -> list[str]:
-    """Numbers behind the verdicts: old tasks at the end, each new task when learned, the gates."""
-
-    def stat(m: str, key: str, part: Callable[[torch.Tensor], torch.Tensor]) -> str:
-        return pm([100 * float(part(torch.tensor(results[s][m][key])).mean()) for s in sorted(results)], 1)
-
-    old_final = lambda r: r[-1, :-1]  # noqa: E731  old tasks after the last one
-    diagonal = lambda r: r.diagonal()  # noqa: E731  each task right after learning it
-    lines = [
-        "| method | class-IL: old tasks after the last % | task-IL: old tasks after the last % "
-        "| each task just after learning it (task-IL) % | final gates of the added branches |",
-        "|---|---|---|---|---|",
-    ]
-    for m in methods:
-        gates = results[min(results)][m].get("gates") or []
-        shown = ", ".join(f"{g:.3f}" for g in gates) + f" (seed {min(results)})" if gates else "-"
-        lines.append(
-            f"| {LABELS[m]} | {stat(m, 'class_il', old_final)} | {stat(m, 'task_il', old_final)} "
-            f"| {stat(m, 'task_il', diagonal)} | {shown} |"
-        )
-    return lines
-
-
-def verdicts(
-    results: dict[int, dict[str, dict[str, Any]]], methods: list[str], args: argparse.Namespace
-) -> list[str]:
-    def mean(m: str, key: str) -> float:
-        return 100 * statistics.fmean(results[s][m][key] for s in results)
-
-    if not {"expansion", "finetune", "replay"} <= set(methods):
-        return ["(verdict needs expansion, finetune and replay)"]
-    f_exp, f_ft = mean("expansion", "forgetting_class_il"), mean("finetune", "forgetting_class_il")
-    t_exp, t_ft = mean("expansion", "forgetting_task_il"), mean("finetune", "forgetting_task_il")
-    a_exp, a_rep = mean("expansion", "avg_acc_class_il"), mean("replay", "avg_acc_class_il")
-    wide = f_exp <= f_ft - 20  # "a wide margin": at least 20 points less forgetting
-    wide_task = t_exp <= t_ft - 20
-    beats = a_exp > a_rep
-    steps = math.ceil(round(0.9 * args.limit_train) / args.batch_size) * args.epochs
-    needed = [
-        "",
-        "What would be needed. Class-IL without stored images or a task id needs old and new",
-        "classes' logits on one scale. Reading the loss on the new task's logits only (as",
-        "`expand --classes` does) keeps the old classes' logits from being pushed down, but the",
-        "new head rows only ever see new-class images, so nothing calibrates them against the old",
-        "ones (first column below). Candidates: expansion plus a small exemplar memory used to rebalance the",
-        "head (DER-style), head bias correction (weight aligning), or predicting the task and",
-        "routing to the branch prefix trained for it. Separately, the zero-initialised scalar gate",
-        "of a new branch moves by about lr per Adam step, so in one task's",
-        f"{steps} steps at peak lr {args.lr:g} it can reach about {steps * args.lr:.2f} at most (less",
-        "under warmup and cosine): the new branches contribute little and learn each new task",
-        "less well than fine-tuning does (third column). A larger lr for the gates, or a nonzero",
-        "gate with a zero-initialised last projection, would let them open; the ablation row",
-        "(gates set to 1) shows what opening them does.",
-    ]
-    return [
-        f"- Expansion forgets less than fine-tuning by a wide margin (>= 20 points), class-IL: "
-        f"**{'holds' if wide else 'does not hold'}** ({f_exp:.1f} vs {f_ft:.1f} points of forgetting); "
-        f"task-IL (task id given): **{'holds' if wide_task else 'does not hold'}** "
-        f"({t_exp:.1f} vs {t_ft:.1f}).",
-        f"- Expansion beats experience replay on class-IL average accuracy with no stored images: "
-        f"**{'holds' if beats else 'does not hold'}** ({a_exp:.1f}% vs {a_rep:.1f}%).",
-        *(needed if not (wide and beats) else []),
-    ]
-
-
 # ------------------------------------------------------------------------------------- main
 
 
@@ -483,9 +362,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run --methods with the recorded run's settings and seeds and merge them into its results",
     )
     p.add_argument(
-        "--render-only", action="store_true", help="with --add-to-recorded: run nothing, rewrite the report"
+        "--render-only",
+        action="store_true",
+        help="with --add-to-recorded: run nothing, print the recorded section",
     )
-    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md or results/")
+    p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/ (a smoke run)")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.limit_train, args.limit_test = args.seeds[:1], 60, 40
@@ -507,15 +388,19 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/continual.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for dataset in args.datasets:
         started = time.time()
-        recorded = RESULTS / f"continual-{dataset}.json"
+        name = f"continual-{dataset}"
         results: dict[int, dict[str, dict[str, Any]]] = {}
         if args.add_to_recorded:  # same settings and seeds as the recorded run; these methods (re)run
-            saved = json.loads(recorded.read_text())
-            methods = [] if args.render_only else args.methods
-            args_d = argparse.Namespace(**{**saved["args"], "methods": methods})
-            chosen_by, wall = saved.get("chosen_by", choice_text(args_d)), saved.get("wall_seconds", 0.0)
-            command = saved["command"] if args.render_only else f"{saved['command']}; then {command}"
-            results = {int(seed): r for seed, r in saved["results"].items()}
+            saved = load_results(name)
+            if args.render_only:
+                print(render_section(saved).text, flush=True)
+                continue
+            methods = args.methods
+            args_d = argparse.Namespace(**{**saved["config"], "methods": methods})
+            payload = saved["payload"]
+            chosen_by, wall = payload.get("chosen_by", choice_text(args_d)), payload.get("wall_seconds", 0.0)
+            command = f"{saved['command']}; then {command}"
+            results = {int(seed): r for seed, r in payload["results"].items()}
             args_d.seeds = sorted(results)
         else:
             wall = 0.0
@@ -533,96 +418,14 @@ def main(argv: list[str] | None = None) -> None:
             for m in args_d.methods:
                 results.setdefault(seed, {})[m] = run_method(m, dataset, data, args_d, seed, log)
         wall += time.time() - started
-        args_d.add_to_recorded = args_d.render_only = False  # not part of the recorded settings
         args_d.methods = [m for m in METHODS if all(m in r for r in results.values())]
-        section = report(dataset, results, args_d, command, chosen_by, wall)
-        print(section, flush=True)
+        payload = {"chosen_by": chosen_by, "wall_seconds": wall, "results": results}
+        skip = ("add_to_recorded", "render_only", "no_write")  # how this command ran, not the settings
+        config = {k: v for k, v in vars(args_d).items() if k not in skip}
+        record = record_results(name, payload, command=command, seeds=sorted(results), config=config)
+        print(render_section(record).text, flush=True)
         if not args.no_write:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            record = {"command": command, "args": vars(args_d), "chosen_by": chosen_by, "wall_seconds": wall}
-            recorded.write_text(json.dumps({**record, "results": results}, indent=1))
-            plot(dataset, results, args_d.methods, RESULTS / f"continual-{dataset}.png")
-            update_section(f"continual-{dataset}", section)
-
-
-def report(
-    dataset: str,
-    results: dict[int, dict[str, dict[str, Any]]],
-    args: argparse.Namespace,
-    command: str,
-    chosen_by: str,
-    wall: float,
-) -> str:
-    methods = list(args.methods)
-    base = results[min(results)]
-    n0, nb = args.branches, args.branch_depth
-    size_note = ""
-    if "expansion" in base and "finetune" in base:
-        e, f = base["expansion"]["params"], base["finetune"]["params"]
-        size_note = (
-            f"Same final size: expansion ends with {base['expansion']['branches']} branches and {e:,} "
-            f"parameters, {e / f:.2f}x the {f:,} of the fixed {n0}-branch backbone every baseline uses "
-            "(the baselines' 10-class head exists from the start; unseen classes are masked)."
-        )
-    protocol = " ".join(
-        [
-            f"Protocol: Split {dataset}, 5 tasks of 2 classes in class order; per task the first",
-            f"{args.limit_train} training images (class-balanced, seeded; 10% held out for validation)",
-            f"and {args.limit_test} test images (the same for every seed); native resolution, patch 4.",
-            f"Backbone for every method: ParaFormer dim {args.dim}, {args.heads} heads, MLP {4 * args.dim},",
-            f"{n0} branches x depth {nb}, no dropout, trained with the fused progressive objective (mean",
-            "of every prefix's cross-entropy over the classes seen so far), the library's recipe",
-            "(`TrainConfig`): AdamW, weight decay 0.05 (none on norms, biases, embeddings, gates),",
-            f"peak lr {args.lr:g} with {args.warmup_epochs:g} warmup epoch(s) then cosine to 1% within",
-            f"each task, batch {args.batch_size}, grad clip 1, {args.epochs} epochs per task ({chosen_by});",
-            "random crop, flips on CIFAR only; the model after each task's last epoch is tested.",
-            "Every method starts from the same initial weights per seed (a 2-class model; the",
-            "baselines' head gets 8 masked rows more), so after task 1 all methods hold the same model",
-            "(the lr/epochs choice above was made with a directly built 10-class model).",
-            "Expansion (what users run): task 1 trains the initial model (2-class head) like every",
-            "baseline's task 1; each later task calls `paraformer.surgery.expand(model,",
-            f"{args.add_branches}, num_classes)` (zero-gated new branches, head grown by 2 rows: old",
-            "logits unchanged at growth) and `paraformer.train.expansion.train_expansion`",
-            "(embedding and old branches frozen, checked bit-identical afterwards; fused prefix",
-            "losses of the new branches only, read on the new task's logits only, as `paraformer",
-            "expand --classes` trains; head norm and all head rows train). The ablation row",
-            "sets the new gates to 1 at growth instead of 0 (the output then changes at growth).",
-            f"Replay: class-balanced buffer of {args.buffer} images (random per class, rebalanced after",
-            f"each task), {args.replay_batch} buffer images appended to every batch. LwF: temperature",
-            f"{args.lwf_temperature:g}, weight {args.lwf_weight:g}, on the old classes' logits of the",
-            "model from the end of the previous task. Joint: all tasks' training data so far, continuing",
-            "from the previous stage's model. Forgetting: mean over tasks 1-4 of (best accuracy at any",
-            "earlier stage - final accuracy). Training seconds are wall clock on a shared machine",
-            "(rows trained by different commands ran under different loads: compare within a command).",
-        ]
-    )
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    seeds = ", ".join(map(str, sorted(results)))
-    return "\n".join(
-        [
-            f"### Continual learning: Split {dataset}",
-            "",
-            f"Finished {stamp} on {describe()}; seeds {seeds} (mean ± std); {wall / 60:.0f} min in all.",
-            "",
-            f"`{command}`",
-            "",
-            protocol,
-            "",
-            *summary_table(results, methods),
-            "",
-            size_note,
-            "",
-            "Aims (issue 14): expansion forgets less than fine-tuning by a wide margin and beats",
-            "experience replay on class-incremental average accuracy with fewer stored images (none).",
-            "",
-            *verdicts(results, methods, args),
-            "",
-            *findings(results, methods),
-            "",
-            f"![accuracy matrices](benchmarks/results/continual-{dataset}.png)",
-            "",
-        ]
-    )
+            print(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ train``), saves a mid-training checkpoint (``mid/``, for the pruning benchmark's
 stability), and runs the gradient fan-in analysis. Speed is measured afterwards in one
 process, the models taking turns (interleaved rounds, median): training tokens/s,
 inference tokens/s (batch 32) and batch-1 generation latency per token; reported as
-ratios to the uniform model. Tables go into BENCHMARKS.md between
-``<!-- lm-compare:begin/end -->`` and ``<!-- lm-gfa:begin/end -->``.
+ratios to the uniform model. Every run's summary and budget, the gradient fan-in records
+and the per-round speeds go to benchmarks/results/lm.json; ``python -m benchmarks.report``
+renders them (sections lm-compare and lm-gfa, and the gfa-*.png plots).
 
     python benchmarks/lm.py --data ../shared/datasets/text/tinyshakespeare.txt --reuse
     python benchmarks/lm.py --seeds 1 --no-report --reuse     # another seed in a second process
@@ -18,33 +19,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks` package
+
 import torch
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from benchmarks.protocol import budget, record_results, write_record
+from benchmarks.render.lm import render_compare, render_gfa
 from paraformer.lm_runs import gfa_run
 from paraformer.registry import create_model
 from paraformer.train.lm_config import LMTrainConfig
 from paraformer.train.lm_launch import resume_lm, train_lm
 from paraformer.train.strategies import make_strategy
-from report import pm, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("lm_uniform_small", "cascadeformer_small", "lm_widening_small", "paraformer_lm_small")
-LABELS = {
-    "lm_uniform_small": "uniform",
-    "cascadeformer_small": "CascadeFormer (taper 1.5x -> 0.5x)",
-    "lm_widening_small": "widening (0.5x -> 1.5x)",
-    "paraformer_lm_small": "ParaFormer-LM (4 x 2, fused)",
-    "lm_uniform_small+ds": "uniform, deep supervision",
-}
 
 
 def log(msg: str) -> None:
@@ -112,8 +106,8 @@ def gfa_arm(args: argparse.Namespace, arm: str, seed: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- speed
 
 
-def speed(args: argparse.Namespace, models: list[str]) -> dict[str, dict[str, float]]:
-    """Median over interleaved rounds of training tok/s, inference tok/s and ms/token at batch 1."""
+def speed(args: argparse.Namespace, models: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Per interleaved round: training tok/s, inference tok/s and generation ms/token at batch 1."""
     torch.manual_seed(0)
     built = {m: create_model(m, vocab_size=65) for m in models}
     t, b = args.seq_len, args.batch_size
@@ -156,67 +150,11 @@ def speed(args: argparse.Namespace, models: list[str]) -> dict[str, dict[str, fl
                 samples[m]["train"].append(b * t / train_s)
                 samples[m]["infer"].append(b * t / infer_s)
                 samples[m]["latency"].append(1000 * gen_s)
-    return {m: {k: statistics.median(v) for k, v in s.items()} for m, s in samples.items()}
+    return samples
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
-# ---------------------------------------------------------------------------- report
-
-
-def compare_table(
-    args: argparse.Namespace, results: dict[str, dict[int, dict]], speeds: dict[str, dict[str, float]]
-) -> list[str]:
-    base = speeds.get(MODELS[0])
-    lines = [
-        "| model | params | val perplexity | test perplexity | test bits/char | train tok/s | "
-        "inference tok/s | generation ms/token |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, runs in results.items():
-        if not runs:
-            continue
-        s = list(runs.values())
-        sp = speeds.get(arm)
-        cells = ["n/a"] * 3
-        if sp and base:
-            cells = [
-                f"{sp['train']:.0f} ({sp['train'] / base['train']:.3f}x)",
-                f"{sp['infer']:.0f} ({sp['infer'] / base['infer']:.3f}x)",
-                f"{sp['latency']:.2f} ({sp['latency'] / base['latency']:.3f}x)",
-            ]
-        lines.append(
-            f"| {LABELS.get(arm, arm)} | {s[0]['num_params']:,} | {pm([r['val_ppl'] for r in s])} | "
-            f"{pm([r['test_ppl'] for r in s])} | {pm([r['test_bpc'] for r in s], 3)} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return lines
-
-
-def gfa_table(gfas: dict[str, dict[int, dict]]) -> list[str]:
-    lines = [
-        "| model | Spearman(theory, gradient) | Spearman(theory, skip importance) | "
-        "Spearman(gradient, skip importance) | gradient norm, first / last layer |",
-        "|---|---|---|---|---|",
-    ]
-    for arm, runs in gfas.items():
-        if not runs:
-            continue
-        g = list(runs.values())
-
-        def corr(key: str, g: list[dict] = g) -> str:
-            values = [r["correlations"][key]["spearman"] for r in g if key in r["correlations"]]
-            return pm([v for v in values if not math.isnan(v)])
-
-        ratio = [r["grad_norm"][0] / r["grad_norm"][-1] for r in g]
-        lines.append(
-            f"| {LABELS.get(arm, arm)} | {corr('theory~grad')} | {corr('theory~importance')} | "
-            f"{corr('grad~importance')} | {pm(ratio)} |"
-        )
-    return lines
 
 
 def main() -> None:
@@ -243,7 +181,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="read back finished runs, resume interrupted ones"
     )
-    parser.add_argument("--no-report", action="store_true", help="train only; no speed, no BENCHMARKS.md")
+    parser.add_argument("--no-report", action="store_true", help="train only; no speed, no results file")
     parser.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -261,53 +199,18 @@ def main() -> None:
     if args.no_report:
         return
     log("speed")
-    speeds = speed(args, [m for m in args.models])
-    results_dir = ROOT / "benchmarks/results"
-    results_dir.mkdir(exist_ok=True)
-    for arm in arms:
-        src = run_dir(args, arm, args.seeds[0]) / "gfa.png"
-        if src.is_file():
-            shutil.copy2(src, results_dir / f"gfa-{arm.replace('+', '-')}.png")
-    (results_dir / "lm.json").write_text(
-        json.dumps({"results": results, "gfa": gfas, "speed": speeds}, indent=1)
-    )
-    command = "python " + " ".join(["benchmarks/lm.py", *sys.argv[1:]])
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    tokens = args.steps * args.batch_size * args.seq_len
-    protocol = " ".join(
-        [
-            f"Protocol: {Path(args.data).name}, character tokens (65), first 90% train / 5% validation /",
-            f"5% test; every model 8 layers of width 128 (head size 32), context {args.seq_len},",
-            f"{create_model(MODELS[0], vocab_size=65).num_params():,} parameters; {args.steps} steps of",
-            f"{args.batch_size} x {args.seq_len} tokens ({tokens / 1e6:.2f}M tokens), AdamW lr {args.lr}",
-            f"({args.warmup_steps} warmup steps, cosine to 1%), weight decay 0.1, grad clip 1, fp32, no",
-            f"dropout; evaluation every {args.eval_interval} steps, best validation loss selected; seeds",
-            f"{args.seeds}; mean ± std over seeds. Speed: {args.rounds} interleaved rounds in one process,",
-            f"median; training = a full AdamW step at batch {args.batch_size} x {args.seq_len}",
-            "(ParaFormer-LM:",
-            "its fused prefix objective); inference = forward at the same batch; generation = batch 1,",
-            f"{args.seq_len // 2} new tokens after a {args.seq_len // 2}-token prompt, no KV cache.",
-        ]
-    )
-    header = [f"Written {stamp} on {describe()}.", "", f"`{command}`", "", protocol, ""]
-    update_section(
-        "lm-compare",
-        "\n".join(
-            [
-                "### Language models: uniform vs tapered vs widening vs ParaFormer-LM",
-                "",
-                *header,
-                *compare_table(args, results, speeds),
-            ]
-        ),
-    )
-    update_section(
-        "lm-gfa",
-        "\n".join(
-            ["### Gradient fan-in: theory vs measured vs skip importance", "", *header, *gfa_table(gfas)]
-        ),
-    )
-    log("wrote BENCHMARKS.md")
+    speeds = speed(args, list(args.models))
+    for runs in results.values():  # the budget each run spent, beside its summary
+        for seed, s in runs.items():
+            tokens = s["steps"] * args.batch_size * args.seq_len
+            spent = budget(
+                optimizer_steps=s["steps"], seen=tokens, unit="tokens", train_seconds=s["train_seconds"]
+            )
+            runs[seed] = {**s, "budget": spent}
+    payload = {"results": results, "gfa": gfas, "speed": speeds}
+    record = record_results("lm", payload, seeds=args.seeds, config=vars(args))
+    print(render_compare(record).text, "", render_gfa(record).text, sep="\n", flush=True)
+    log(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")
 
 
 if __name__ == "__main__":

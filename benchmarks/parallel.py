@@ -13,9 +13,10 @@ Part 2, processes launched with ``torch.distributed.run`` (gloo, one thread per 
   with DDP, with ``torch.distributed.pipelining`` GPipe and 1F1B over 2 stages
   (``--microbatches``), and with FairScale's ``Pipe`` where it runs.
 Variants take turns round by round (``--rounds``), so machine noise hits them alike;
-the median is reported and compared as ratios.
+every round's time goes to benchmarks/results/parallel-<part>.json, and
+``python -m benchmarks.report`` renders the medians and the ratios paired by round.
 
-    python benchmarks/parallel.py                 # both parts, writes BENCHMARKS.md
+    python benchmarks/parallel.py                 # both parts
     python benchmarks/parallel.py --quick --no-write
 """
 
@@ -26,7 +27,6 @@ import copy
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,14 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks` package
+
 import torch
 import torch.nn.functional as F
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from benchmarks.protocol import record_results, write_record
+from benchmarks.render.speed import render_distributed, render_single
 from paraformer.parallel import fuse_branches
 from paraformer.registry import create_model
 from paraformer.train.devices import compile_model
-from report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve()
@@ -57,18 +59,6 @@ DIST_CONFIGS = (
     "vit-1f1b2",
     "vit-fairscale2",
 )
-LABELS = {
-    "para-1": "ParaFormer, 1 process",
-    "para-bp2": "ParaFormer, branch-parallel, 2 ranks",
-    "para-threads2": "ParaFormer, 2 branch groups in 2 threads (authors' approach)",
-    "vit-1": "ViT twin, 1 process",
-    "vit-ddp2": "ViT twin, DDP, 2 ranks",
-    "vit-gpipe2": "ViT twin, pipelining GPipe, 2 stages",
-    "vit-1f1b2": "ViT twin, pipelining 1F1B, 2 stages",
-    "vit-fairscale2": "ViT twin, FairScale Pipe, 2 partitions",
-}
-
-
 # ---------------------------------------------------------------------------- models
 
 
@@ -87,8 +77,8 @@ def timed(fn: Any, rounds_out: list[float]) -> None:
     rounds_out.append(time.perf_counter() - start)
 
 
-def interleave(variants: dict[str, Any], rounds: int, reps: int = 1) -> dict[str, float]:
-    """Median seconds per call of each variant, taking turns; the first round warms up."""
+def interleave(variants: dict[str, Any], rounds: int, reps: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each variant in each round, taking turns; the first round warms up."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(rounds + 1):
         for name, fn in variants.items():
@@ -97,7 +87,7 @@ def interleave(variants: dict[str, Any], rounds: int, reps: int = 1) -> dict[str
                 fn()
             if r:
                 times[name].append((time.perf_counter() - start) / reps)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 # ---------------------------------------------------------------------------- part 1: one process
@@ -152,17 +142,9 @@ def training_variants(batch: int, compile_too: bool) -> dict[str, Any]:
     return {name: step(m) for name, m in models.items()}
 
 
-def part_one(args: argparse.Namespace) -> list[str]:
+def part_one(args: argparse.Namespace) -> dict[str, Any]:
+    """Per case (inference at batch 1 and big batch, a training step): every variant's time per round."""
     torch.set_num_threads(args.threads)
-    lines = [
-        f"One process, {args.threads} torch thread(s). Inference: the paper model (224 px, patch 16, "
-        "dim 192, 8 branches x depth 2, 7.30M parameters) and its depth-16 ViT twin, `torch.no_grad`. "
-        "Training: the CPU-scale model (32 px, patch 4, dim 192, 8 x 2, 7.13M parameters), fused "
-        f"objective, AdamW, batch {args.train_batch}. Median of {args.rounds} interleaved rounds.",
-        "",
-        "| measurement | variant | ms | vs ViT twin | vs branch loop |",
-        "|---|---|---|---|---|",
-    ]
     cases = [
         ("inference, batch 1", lambda: inference_variants(1, not args.no_compile), 5),
         (
@@ -176,16 +158,11 @@ def part_one(args: argparse.Namespace) -> list[str]:
             1,
         ),
     ]
+    out = []
     for title, make, reps in cases:
         print(f"== {title}", flush=True)
-        result = interleave(make(), args.rounds, reps)
-        for name, seconds in result.items():
-            lines.append(
-                f"| {title} | {name} | {1000 * seconds:.1f} | {result['ViT twin'] / seconds:.2f}x "
-                f"| {result['branch loop'] / seconds:.2f}x |"
-            )
-        print("\n".join(lines[-len(result) :]), flush=True)
-    return lines
+        out.append({"title": title, "reps": reps, "times": interleave(make(), args.rounds, reps)})
+    return {"cases": out}
 
 
 # ---------------------------------------------------------------------------- part 2: processes
@@ -218,7 +195,7 @@ def launch(config: str, args: argparse.Namespace) -> dict[str, Any]:
         env = {
             **os.environ,
             "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'benchmarks'}",
+            "PYTHONPATH": os.pathsep.join(str(p) for p in (ROOT / "src", ROOT, ROOT / "benchmarks")),
         }
         if nproc == 1:
             command = [sys.executable, *worker]
@@ -242,7 +219,8 @@ def launch(config: str, args: argparse.Namespace) -> dict[str, Any]:
         return json.loads(out.read_text())
 
 
-def part_two(args: argparse.Namespace) -> list[str]:
+def part_two(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per step of every configuration in every round (rounds launch each in turn)."""
     runs: dict[str, list[float]] = {c: [] for c in args.configs}
     errors: dict[str, str] = {}
     for r in range(args.dist_rounds):
@@ -257,31 +235,7 @@ def part_two(args: argparse.Namespace) -> list[str]:
             else:
                 runs[config].append(result["seconds_per_step"])
                 print(f"   {args.dist_batch / result['seconds_per_step']:.1f} images/s", flush=True)
-    per_step = {c: statistics.median(v) for c, v in runs.items() if v}
-    lines = [
-        f"Processes launched with `torch.distributed.run` on 127.0.0.1 (gloo), one torch thread per process; "
-        "training steps (fused objective for ParaFormer, AdamW) of the CPU-scale model (32 px, dim 192, "
-        f"8 x 2 vs depth 16, 7.1M parameters) at global batch {args.dist_batch}; pipelines split the ViT "
-        f"twin into 2 stages of 8 blocks with {args.microbatches} micro-batches; median over "
-        f"{args.dist_rounds} launches of {args.steps} timed steps each (after warm-up steps).",
-        "",
-        "| configuration | images/s | vs ParaFormer, 1 process | vs ViT twin GPipe |",
-        "|---|---|---|---|",
-    ]
-    for config in args.configs:
-        if config in errors:
-            lines.append(f"| {LABELS[config]} | did not run: {errors[config]} | | |")
-            continue
-        ips = args.dist_batch / per_step[config]
-        base = per_step.get("para-1")
-        gpipe = per_step.get("vit-gpipe2")
-        lines.append(
-            f"| {LABELS[config]} | {ips:.1f} | {base / per_step[config]:.2f}x | "
-            f"{gpipe / per_step[config]:.2f}x |"
-            if base and gpipe
-            else f"| {LABELS[config]} | {ips:.1f} | | |"
-        )
-    return lines
+    return {"runs": runs, "errors": errors}
 
 
 # ---------------------------------------------------------------------------- workers
@@ -467,18 +421,14 @@ def main() -> None:
     if args.quick:
         args.rounds, args.big_batch, args.train_batch, args.dist_rounds, args.steps = 1, 8, 16, 1, 1
         args.dist_batch = 16
-    argv = " ".join(sys.argv[1:])
-    parts = {"single": ("one process", part_one), "distributed": ("torchrun ranks", part_two)}
-    for part in args.parts:  # each part its own section, so either can be re-run alone
-        title, measure = parts[part]
-        body = measure(args)
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        lines = [f"### Fused and parallel branches, {title} (CPU)", "", f"{stamp}, {describe()}.", ""]
-        lines += [f"`python benchmarks/parallel.py {argv}`".replace(" `", "`"), ""] + body + [""]
-        section = "\n".join(lines)
-        print(section, flush=True)
+    parts = {"single": (part_one, render_single), "distributed": (part_two, render_distributed)}
+    config = {k: v for k, v in vars(args).items() if k not in ("worker", "result")}
+    for part in args.parts:  # each part its own results file, so either can be re-run alone
+        measure, render = parts[part]
+        record = record_results(f"parallel-{part}", measure(args), seeds=[], config=config)
+        print(render(record).text, flush=True)
         if not args.no_write:
-            update_section(f"parallel-{part}", section)
+            print(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ a constant rate, through the same code as ``paraformer lm prune --heal-steps``).
 FinerCut removes 2K sub-layers (attention or FFN), the same count of sub-layers as K
 layers. Rank stability is the Spearman correlation of each scorer's layer ranking
 between two training seeds (every pair) and between the half-way and the final
-checkpoint of one run. Results are cached per seed (``--reuse``); the tables go into
-BENCHMARKS.md between ``<!-- lm-prune:begin/end -->``.
+checkpoint of one run. Results are cached per seed (``--reuse``); all seeds' go to
+benchmarks/results/prune-<model>.json, which ``python -m benchmarks.report`` renders.
 
     python benchmarks/prune.py --seeds 0 1 2 --reuse
 """
@@ -18,7 +18,6 @@ BENCHMARKS.md between ``<!-- lm-prune:begin/end -->``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import tempfile
@@ -26,9 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks` package
+
 import torch
 
-from machine import describe
+from benchmarks.protocol import record_results, write_record
+from benchmarks.render.prune import SCORERS
+from benchmarks.render.prune import render as render_section
 from paraformer.analysis.layer_scores import (
     METHODS,
     angular_distances,
@@ -39,24 +42,13 @@ from paraformer.analysis.layer_scores import (
     finercut_order,
     magnitude_scores,
     random_scores,
-    spearman,
 )
 from paraformer.checkpoint import load_model
 from paraformer.lm_runs import calibration_batches, heal_config, read_history, run_corpus
 from paraformer.train.lm_launch import read_lm_run, train_lm
 from paraformer.train.lm_task import evaluate_tokens
-from report import pm, update_section  # benchmarks/report.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCORERS = (
-    "cascadeflow",
-    "cascadeflow-taylor",
-    "magnitude",
-    "block-influence",
-    "angular",
-    "finercut",
-    "random",
-)
 
 
 def log(msg: str) -> None:
@@ -172,72 +164,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return result
 
 
-# ---------------------------------------------------------------------------- report
-
-
-def pruning_table(args: argparse.Namespace, results: dict[int, dict], healed: bool) -> list[str]:
-    key = "healed_test_ppl" if healed else "test_ppl"
-    ks = args.ks
-    head = " | ".join(f"K={k} ({k / 8:.1%})" for k in ks)
-    lines = [f"| method | {head} |", "|---" * (len(ks) + 1) + "|"]
-    full = [r["full"]["test_ppl"] for r in results.values()]
-    lines.append("| none (full model) | " + " | ".join(pm(full) for _ in ks) + " |")
-    for method in SCORERS:
-        cells = []
-        for k in ks:
-            values = [
-                row[key]
-                for r in results.values()
-                for name, row in r["rows"].items()
-                if name.startswith(f"{method}|{k}|") and key in row
-            ]
-            cells.append(pm(values))
-        label = f"{method} (random seeds pooled)" if method == "random" else method
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def stability_table(results: dict[int, dict]) -> list[str]:
-    lines = [
-        "| scorer | Spearman across training seeds | Spearman mid vs final checkpoint |",
-        "|---|---|---|",
-    ]
-    seeds = sorted(results)
-    for method in SCORERS:
-        across = [
-            spearman(results[a]["rankings"]["final"][method], results[b]["rankings"]["final"][method])
-            for a, b in itertools.combinations(seeds, 2)
-        ]
-        ckpt = [
-            spearman(results[s]["rankings"]["mid"][method], results[s]["rankings"]["final"][method])
-            for s in seeds
-        ]
-        lines.append(f"| {method} | {pm(across, one='1 pair of seeds')} | {pm(ckpt)} |")
-    return lines
-
-
-def removed_table(results: dict[int, dict], k: int) -> list[str]:
-    lines = [
-        "| method | " + " | ".join(f"seed {s}" for s in sorted(results)) + " |",
-        "|---" * (len(results) + 1) + "|",
-    ]
-    for method in SCORERS:
-        if method == "random":
-            continue
-        cells = []
-        for s in sorted(results):
-            row = results[s]["rows"].get(f"{method}|{k}|0", {})
-            text = ",".join(str(i + 1) for i in row.get("layers", []))
-            if row.get("attn") or row.get("mlp"):
-                subs = [f"A{i + 1}" for i in row["attn"]] + [f"F{i + 1}" for i in row["mlp"]]
-                text = " ".join(filter(None, [text and f"L{text}", " ".join(subs)]))
-            else:
-                text = f"L{text}"
-            cells.append(text)
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,51 +185,16 @@ def main() -> None:
     parser.add_argument("--calib-windows", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reuse", action="store_true")
-    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--no-report", action="store_true", help="cache the seeds only; no results file")
     args = parser.parse_args()
     assert set(SCORERS) <= set(METHODS)
     torch.set_num_threads(args.threads)
     results = {seed: run_seed(args, seed) for seed in args.seeds}
     if args.no_report:
         return
-    command = "python " + " ".join(["benchmarks/prune.py", *sys.argv[1:]])
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    protocol = (
-        f"Protocol: the `{args.model}` runs of the comparison above (8 layers), training seeds {args.seeds}, "
-        f"final weights; test perplexity (mean ± std over training seeds; random: over "
-        f"{args.random_seeds} removal seeds x training seeds, healed: {args.heal_random_seeds} removal "
-        f"seed(s)); calibration for block-influence, angular and finercut: the first {args.calib_windows} "
-        f"validation windows; healing: {args.heal_steps} steps of the run's own batches at a constant "
-        f"lr {args.heal_lr}; FinerCut removes 2K sub-layers."
-    )
-    k_main = 2 if 2 in args.ks else args.ks[0]
-    section = [
-        "### Pruning: CascadeFlow vs heuristics (test perplexity after removing K of 8 layers)",
-        "",
-        f"Written {stamp} on {describe()}.",
-        "",
-        f"`{command}`",
-        "",
-        protocol,
-        "",
-        "**Without healing**",
-        "",
-        *pruning_table(args, results, healed=False),
-        "",
-        f"**After {args.heal_steps} healing steps**",
-        "",
-        *pruning_table(args, results, healed=True),
-        "",
-        "**Rank stability** (Spearman correlation of the per-layer ranking)",
-        "",
-        *stability_table(results),
-        "",
-        f"**What each method removed at K={k_main}** (L = whole layer, A = attention, F = FFN; 1-based)",
-        "",
-        *removed_table(results, k_main),
-    ]
-    update_section("lm-prune", "\n".join(section))
-    log("wrote BENCHMARKS.md")
+    record = record_results(f"prune-{args.model}", {"results": results}, seeds=args.seeds, config=vars(args))
+    print(render_section(record).text, flush=True)
+    log(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")
 
 
 if __name__ == "__main__":

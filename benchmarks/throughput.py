@@ -7,22 +7,29 @@ what matters for the modes: ``progressive`` makes N prefix steps per batch and t
 a second full pass over the data, so its epoch costs (prefix pass + full pass).
 
     python benchmarks/throughput.py                      # dim 64, 8x2, 28x28 and 32x32 inputs
-    python benchmarks/throughput.py --bf16 --batch-size 256
+    python benchmarks/throughput.py --bf16 --batch-size 256   # each mode fp32 and bf16, side by side
     python benchmarks/throughput.py --compile            # each mode eager and torch.compile'd, side by side
+
+Every round's time of every variant goes to benchmarks/results/throughput[-bf16|-compile].json;
+``python -m benchmarks.report`` renders the medians and the ratios paired by round.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
+import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks` package
 
 import torch
 import torch.nn.functional as F
 
-from machine import describe  # benchmarks/machine.py, beside this script
+from benchmarks.protocol import record_results, write_record
+from benchmarks.render.speed import render_throughput
 from paraformer.models import ImageClassifier
 from paraformer.registry import create_model
 from paraformer.train.devices import compile_model
@@ -75,53 +82,44 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=3, help="batches per mode per round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument(
+        "--bf16", action="store_true", help="also time each mode in bf16 autocast, side by side"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time each mode torch.compile'd")
+    parser.add_argument(
+        "--no-write", action="store_true", help="do not write benchmarks/results/ (a smoke run)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {describe()}, "
-        f"{'bf16' if args.bf16 else 'fp32'}, "
-        f"dim {args.dim}, {args.heads} heads, {args.branches} x {args.branch_depth} (ViT depth "
-        f"{args.branches * args.branch_depth}), batch {args.batch_size}, median of {args.rounds} rounds"
-    )
-    print()
-    compiled_cols = " | compiled ms | compiled speed-up" if args.compile else ""
-    header = "| input | mode | ms per batch-epoch | images/s (epoch) | epoch cost vs ViT | vs fused"
-    print(f"{header}{compiled_cols} |")
-    print("|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""))
+    inputs = {}
     for name in args.inputs:
         preset, channels, size = INPUTS[name]
         x = torch.randn(args.batch_size, channels, size, size)
         y = torch.randint(0, 10, (args.batch_size,))
-        variants = {(mode, False): build(mode, preset, args) for mode in MODES}
+        variants = {(mode, "", False): build(mode, preset, args) for mode in MODES}
         if args.compile:
             for mode in MODES:
-                variants[(mode, True)] = compiled = copy.deepcopy(variants[(mode, False)])
+                variants[(mode, "+compiled", False)] = compiled = copy.deepcopy(variants[(mode, "", False)])
                 compile_model(compiled)
-        for (mode, _), model in variants.items():  # warm-up (and compilation)
-            epoch_seconds_per_batch(mode, model, x, y, 2, args.bf16)
-        times: dict[tuple[str, bool], list[float]] = {key: [] for key in variants}
-        for _ in range(args.rounds):
-            for (mode, compiled), model in variants.items():
-                times[(mode, compiled)].append(
-                    epoch_seconds_per_batch(mode, model, x, y, args.batches, args.bf16)
-                )
-        median = {key: statistics.median(t) for key, t in times.items()}
-        for mode in MODES:
-            eager = median[(mode, False)]
-            extra = ""
-            if args.compile:
-                fast = median[(mode, True)]
-                extra = f" | {1000 * fast:.0f} | {eager / fast:.2f}x"
-            print(
-                f"| {name} {channels}x{size}x{size} | {mode} | {1000 * eager:.0f} "
-                f"| {args.batch_size / eager:.0f} | {eager / median[('vit', False)]:.2f}x "
-                f"| {eager / median[('fused', False)]:.2f}x{extra} |"
-            )
+        if args.bf16:  # a copy of each model in bf16 autocast, taking turns with fp32
+            for mode in MODES:
+                variants[(mode, "+bf16", True)] = copy.deepcopy(variants[(mode, "", False)])
+        for (mode, _, bf16), model in variants.items():  # warm-up (and compilation)
+            epoch_seconds_per_batch(mode, model, x, y, 2, bf16)
+        times: dict[str, list[float]] = {mode + tag: [] for mode, tag, _ in variants}
+        for r in range(args.rounds):
+            for (mode, tag, bf16), model in variants.items():
+                times[mode + tag].append(epoch_seconds_per_batch(mode, model, x, y, args.batches, bf16))
+            print(f"{name} round {r + 1}/{args.rounds}", flush=True)
+        inputs[name] = {"shape": [channels, size, size], "times": times}
+    bench = "throughput" + ("-bf16" if args.bf16 else "") + ("-compile" if args.compile else "")
+    record = record_results(bench, {"inputs": inputs}, seeds=[], config=vars(args))
+    print(render_throughput(record).text, flush=True)
+    if not args.no_write:
+        print(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")
 
 
 if __name__ == "__main__":

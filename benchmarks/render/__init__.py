@@ -1,0 +1,27 @@
+"""One small render function per kind of results file: raw JSON record -> a section of BENCHMARKS.md.
+
+``REGISTRY`` maps a kind to its function; ``benchmarks/report.py`` lays the sections out and
+writes (or checks) the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.render import accuracy, compression, continual, lm, prune, speed
+from benchmarks.render.common import Section
+
+Renderer = Callable[[dict[str, Any]], Section]
+
+REGISTRY: dict[str, Renderer] = {
+    "accuracy": accuracy.render,
+    "compression": compression.render,
+    "continual": continual.render,
+    "lm-compare": lm.render_compare,
+    "lm-gfa": lm.render_gfa,
+    "prune": prune.render,
+    "throughput": speed.render_throughput,
+    "parallel-single": speed.render_single,
+    "parallel-distributed": speed.render_distributed,
+}
