@@ -99,6 +99,15 @@ def test_eval_sample_gfa_and_prune(lm_run: Path, tmp_path: Path, capsys) -> None
     assert load_model(tmp_path / "pruned-cascadeflow").cfg.depth == 2
 
 
+def test_sample_decodes_the_same_greedy_text_with_and_without_the_kv_cache(lm_run: Path, capsys) -> None:
+    greedy = ["lm", "sample", str(lm_run), "--prompt", "to be", "--tokens", "20", "--temperature", "0"]
+    capsys.readouterr()
+    assert main(greedy) == 0
+    cached = capsys.readouterr().out
+    assert main([*greedy, "--no-cache"]) == 0
+    assert capsys.readouterr().out == cached and cached.startswith("to be")
+
+
 def test_prune_with_healing_writes_a_run(lm_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "healed"
     args = ["lm", "prune", str(lm_run), "--remove", "1", "--method", "magnitude", "--heal-steps", "3"]

@@ -1,4 +1,4 @@
-"""``paraformer lm train | eval | sample | gfa | prune``: the language-model commands.
+"""``paraformer lm train | eval | sample | gfa | prune | bench``: the language-model commands.
 
 A thin layer like ``cli.py``: each command calls one documented function and prints a
 one-line summary (or JSON). ``cli.py`` passes in its flag helpers, so this module does
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from paraformer.errors import ParaformerError
+from paraformer.errors import ConfigError, ParaformerError
 
 RESUMABLE_FIELDS = ("epochs", "max_steps")
 EXIT_INTERRUPTED = 130
@@ -92,6 +92,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from paraformer.lm_runs import sample_run
 
+    if args.top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0 (0 samples among all tokens), got {args.top_k}.")
     text = sample_run(
         args.run_dir,
         prompt=args.prompt,
@@ -101,6 +103,7 @@ def _sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         weights=args.weights,
         device=args.device,
+        use_cache=not args.no_cache,
     )
     print(text)
     return 0
@@ -161,18 +164,72 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from paraformer.analysis.lm_speed import bench, format_table
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    models = bench_models(args.models, dict(args.set or []), args.weights, args.device)
+    context = min(m.cfg.context for m in models.values())
+    prompt_len = args.prompt_len or context // 2
+    r = bench(
+        models,
+        prompt_len=prompt_len,
+        new_tokens=args.new_tokens or context - prompt_len,
+        decode_batch=args.decode_batch,
+        train_batch=args.train_batch,
+        seq_len=args.seq_len,
+        rounds=args.rounds,
+        objective=args.objective,
+        uncached=args.uncached,
+    )
+    print(json.dumps(r) if args.json else format_table(r))
+    return 0
+
+
+def bench_models(names: list[str], overrides: dict[str, Any], weights: str, device: str) -> dict[str, Any]:
+    """name -> model: a run folder loads its weights, anything else is an LM preset (with ``overrides``)."""
+    from paraformer.config_lm import LM_FAMILIES
+    from paraformer.lm_runs import open_run
+    from paraformer.models import build_model
+    from paraformer.registry import get_config
+    from paraformer.train.devices import resolve_device
+
+    models = {}
+    for name in names:
+        if Path(name).is_dir():
+            model = open_run(name, weights, device)[1]
+        elif os.sep in name:
+            raise ConfigError(f"no run folder at {name}; give a run folder or an LM preset name.")
+        else:
+            cfg = get_config(name, **overrides)
+            if cfg.family not in LM_FAMILIES:
+                raise ConfigError(f"{name} is not a language-model preset; `lm bench` compares LMs.")
+            model = build_model(cfg).to(resolve_device(device))
+        key, n = name, 2
+        while key in models:  # the same model twice: an A/A check of the measurement
+            key, n = f"{name}#{n}", n + 1
+        models[key] = model
+    return models
+
+
 def add_lm_parser(
     sub: Any, config_flags: Callable[[argparse.ArgumentParser, type], list[str]], parse_override: Callable
 ) -> None:
     """Add ``lm`` and its sub-commands to the ``paraformer`` parser."""
     from paraformer.analysis.layer_scores import METHODS
+    from paraformer.analysis.lm_speed import OBJECTIVES, bench
     from paraformer.lm_runs import evaluate_lm_run, gfa_run, prune_run, sample_run
     from paraformer.train.lm_config import LMTrainConfig
     from paraformer.train.lm_launch import train_lm
 
     lm = sub.add_parser(
         "lm",
-        help="language models: train | eval | sample | gfa | prune",
+        help="language models: train | eval | sample | gfa | prune | bench",
         description="Language models: CascadeFormer, uniform, widening and ParaFormer-LM.",
     )
     cmds = lm.add_subparsers(dest="lm_command", required=True, parser_class=type(lm))
@@ -222,6 +279,9 @@ def add_lm_parser(
         "--top-k", type=int, default=40, help="sample among the k most likely, 0 = all (default 40)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-cache", action="store_true", help="recompute the context for every token (no KV cache)"
+    )
     p.set_defaults(func=_sample)
 
     p = cmds.add_parser(
@@ -250,3 +310,30 @@ def add_lm_parser(
     p.add_argument("--heal-lr", type=float, default=3e-4, help="learning rate of the healing fine-tune")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_prune)
+
+    p = cmds.add_parser(
+        "bench", help="side-by-side speed: prefill, cached decoding, training", description=bench.__doc__
+    )
+    p.add_argument("models", nargs="+", metavar="RUN_OR_PRESET", help="run folders or LM preset names")
+    p.add_argument(
+        "--set",
+        action="append",
+        type=parse_override,
+        metavar="FIELD=VALUE",
+        help="override a preset's config field (repeatable; VALUE is JSON)",
+    )
+    weights_arg(p)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--rounds", type=int, default=5, help="rounds, models taking turns (default 5)")
+    p.add_argument("--prompt-len", type=int, help="prompt tokens (default half the smallest context)")
+    p.add_argument("--new-tokens", type=int, help="decoded tokens (default: up to the smallest context)")
+    p.add_argument("--decode-batch", type=int, default=32, help="batch of the decode throughput (default 32)")
+    p.add_argument("--train-batch", type=int, default=8, help="windows per training step (default 8)")
+    p.add_argument("--seq-len", type=int, help="training window (default the smallest context)")
+    p.add_argument(
+        "--objective", default="lm", choices=OBJECTIVES, help="training loss: lm (default) or fused prefixes"
+    )
+    p.add_argument("--uncached", action="store_true", help="also time decoding without the KV cache")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default torch's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_bench)
