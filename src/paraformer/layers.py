@@ -104,22 +104,33 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
-        causal, mask = self.causal, None
-        if cache is not None:
-            if not self.causal:
-                raise ConfigError(
-                    "a KV cache needs causal attention (a language model), not a bidirectional one."
-                )
-            past = cache.length
-            k, v = cache.update(layer, k, v)  # (B, H, past + T, Dh)
-            causal = past == 0 and t > 1  # one new token may read every cached one
-            if past and t > 1:  # a chunk after cached positions: causal, shifted by `past`
-                mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
-        )
+        if cache is None:  # training and plain inference
+            x = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            )
+        else:
+            x = self.cached_attention(q, k, v, cache, layer)  # (B, H, T, Dh)
         x = x.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)  # (B, T, H*Dh)
         return self.out_dropout(self.out(x))
+
+    def cached_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, layer: int
+    ) -> torch.Tensor:
+        """(B, H, T, Dh) new positions -> their attention over the cached positions and themselves.
+
+        For decoding: no attention dropout.
+        """
+        if not self.causal:
+            raise ConfigError(
+                "a KV cache needs causal attention (a language model), not a bidirectional one."
+            )
+        past, t = cache.length, q.shape[2]
+        k, v = cache.update(layer, k, v)  # (B, H, past + T, Dh)
+        mask = None
+        if past and t > 1:  # a chunk after cached positions: causal, shifted by `past`
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(past)
+        # Without past positions the chunk is plainly causal; one new token reads every cached one.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and t > 1)
 
 
 class MLP(nn.Module):
