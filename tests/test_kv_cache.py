@@ -234,6 +234,7 @@ def test_lm_bench_reports_every_figure_for_each_model(capsys) -> None:
             assert row[key] > 0 and len(row["rounds"][key]) == 1, key
         assert row["decode_uncached_ms_per_token"] > 0
     assert len(r["load_average"]["before"]) == 3
+    assert set(r["models"][names[0]]["speedup"].values()) == {1.0}  # the first model against itself
     assert main(["lm", "bench", names[0], names[0], *BENCH, *SMALL, "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "lm_uniform_small#2" in table and "(1.00x)" in table and "decode ms/token" in table

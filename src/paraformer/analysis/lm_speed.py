@@ -17,7 +17,9 @@
 
 Models take turns round by round (every measurement of one model, then the next
 model's, then the next round), so a change in machine load reaches every model alike;
-each figure is the median over ``rounds``, after one warm-up round that is not counted.
+each figure is the median over ``rounds``, after one warm-up round that is not counted,
+and ``speedup`` is the median over rounds of each model's speed relative to the first
+model's in the same round (> 1 is faster), which cancels load that drifts between rounds.
 Decoding stays within the context (``prompt_len + new_tokens <= context``), so no
 re-prefill (see ``CausalLMBase.generate``) falls inside the timed steps. The result also
 records parameters, forward FLOPs per token at the full context, threads and the load
@@ -160,6 +162,9 @@ def bench(
             "device": str(next(model.parameters()).device),
         }
         row.update({k: statistics.median(v) for k, v in samples[arm["name"]].items()})
+        row["speedup"] = {
+            k: _speedup(k, v, samples[arms[0]["name"]][k]) for k, v in samples[arm["name"]].items()
+        }
         row["rounds"] = samples[arm["name"]]
         results[arm["name"]] = row
     return {
@@ -228,6 +233,12 @@ def _train(arm: dict[str, Any], steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def _speedup(metric: str, values: list[float], first: list[float]) -> float:
+    """Median over rounds of this model's speed relative to the first model's in the same round."""
+    larger_is_faster = METRICS[metric][1]
+    return statistics.median(v / f if larger_is_faster else f / v for v, f in zip(values, first, strict=True))
+
+
 def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -249,7 +260,8 @@ def _require_ints(**values: int) -> None:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The bench result as a text table; each figure has its speed-up over the first model (x)."""
+    """The bench result as a text table: each median figure, and (x) the model's speed relative to the
+    first model's, the median over rounds of the ratio within each round (> 1 is faster)."""
     rows = result["models"]
     names = list(rows)
     first = rows[names[0]]
@@ -261,9 +273,7 @@ def format_table(result: dict[str, Any]) -> str:
         row = rows[name]
         cells = [name, f"{row['params']:,}", f"{row['flops_per_token'] / 1e6:.2f}"]
         for m in metrics:
-            larger_is_faster = METRICS[m][1]
-            speedup = row[m] / first[m] if larger_is_faster else first[m] / row[m]
-            cells.append(f"{row[m]:,.{3 if row[m] < 10 else 1}f} ({speedup:.2f}x)")
+            cells.append(f"{row[m]:,.{3 if row[m] < 10 else 1}f} ({row['speedup'][m]:.2f}x)")
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = [
@@ -274,7 +284,8 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     load = result["load_average"]
     text.append(
-        f"(x) = speed relative to {names[0]}, > 1 is faster. Median of {s['rounds']} rounds; prompt "
+        f"(x) = speed relative to {names[0]} in the same round (> 1 is faster), median over rounds. "
+        f"Medians of {s['rounds']} rounds; prompt "
         f"{s['prompt_len']}, {s['new_tokens']} new tokens, decode batch 1 and {s['decode_batch']}; training "
         f"{s['train_batch']} x {s['seq_len']} tokens, objective {s['objective']}; {s['threads']} thread(s); "
         + (f"load average {load['before'][0]:.2f} -> {load['after'][0]:.2f}." if load["before"] else "")
