@@ -232,7 +232,7 @@ def test_lm_bench_reports_every_figure_for_each_model(capsys) -> None:
         assert row["params"] == model.num_params() and row["flops_per_token"] == model.flops_per_token()
         for key in ("prefill_ms", "decode_ms_per_token", "decode_tokens_per_s", "train_tokens_per_s"):
             assert row[key] > 0 and len(row["rounds"][key]) == 1, key
-        assert row["decode_uncached_ms_per_token"] > 0
+        assert row["decode_uncached_ms_per_token"] > 0 and row["cache_speedup"] > 0
     assert len(r["load_average"]["before"]) == 3
     assert set(r["models"][names[0]]["speedup"].values()) == {1.0}  # the first model against itself
     assert main(["lm", "bench", names[0], names[0], *BENCH, *SMALL, "--device", "cpu"]) == 0

@@ -108,6 +108,32 @@ def test_sample_decodes_the_same_greedy_text_with_and_without_the_kv_cache(lm_ru
     assert capsys.readouterr().out == cached and cached.startswith("to be")
 
 
+def test_bench_reads_a_run_folder_beside_a_preset(lm_run: Path, capsys) -> None:
+    small = [
+        "--rounds",
+        "1",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "4",
+        "--decode-batch",
+        "2",
+        "--train-batch",
+        "2",
+    ]
+    tiny = ["--set", "dim=32", "--set", "head_dim=8", "--set", "context=32"]
+    capsys.readouterr()
+    assert (
+        main(["lm", "bench", str(lm_run), "lm_uniform_small", *tiny, *small, "--json", "--device", "cpu"])
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out)
+    assert r["models"][str(lm_run)]["params"] == load_model(lm_run / "best").num_params()
+    assert r["models"]["lm_uniform_small"]["context"] == 32
+    assert main(["lm", "bench", str(lm_run / "missing"), "--rounds", "1"]) == 2
+    assert "no run folder" in capsys.readouterr().err
+
+
 def test_prune_with_healing_writes_a_run(lm_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "healed"
     args = ["lm", "prune", str(lm_run), "--remove", "1", "--method", "magnitude", "--heal-steps", "3"]

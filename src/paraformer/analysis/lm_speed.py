@@ -13,7 +13,8 @@
   ``"fused"`` trains a ParaFormer-LM on the mean of its prefix losses, as `lm train`
   does by default (sequential models are unaffected);
 - with ``uncached=True`` also ``decode_uncached_ms_per_token``: the batch-1 decode
-  recomputing the context at every step (``generate(use_cache=False)``).
+  recomputing the context at every step (``generate(use_cache=False)``), and
+  ``cache_speedup``, the median over rounds of uncached / cached decode time.
 
 Models take turns round by round (every measurement of one model, then the next
 model's, then the next round), so a change in machine load reaches every model alike;
@@ -165,6 +166,14 @@ def bench(
         row["speedup"] = {
             k: _speedup(k, v, samples[arms[0]["name"]][k]) for k, v in samples[arm["name"]].items()
         }
+        if uncached:  # how much faster the cache decodes, per round
+            mine = samples[arm["name"]]
+            row["cache_speedup"] = statistics.median(
+                u / c
+                for u, c in zip(
+                    mine["decode_uncached_ms_per_token"], mine["decode_ms_per_token"], strict=True
+                )
+            )
         row["rounds"] = samples[arm["name"]]
         results[arm["name"]] = row
     return {
@@ -275,6 +284,10 @@ def format_table(result: dict[str, Any]) -> str:
         for m in metrics:
             cells.append(f"{row[m]:,.{3 if row[m] < 10 else 1}f} ({row['speedup'][m]:.2f}x)")
         lines.append(cells)
+    if "cache_speedup" in first:
+        lines[0].append("cache speed-up")
+        for line, name in zip(lines[1:], names, strict=True):
+            line.append(f"{rows[name]['cache_speedup']:.2f}x")
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = [
         "  ".join(
