@@ -70,10 +70,14 @@ def bench(
     prefill_repeats: int = 3,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Speed of each language model in ``models`` (name -> model), measured side by side.
+    """Speed of language models side by side: prefill of a prompt (ms), cached decoding at
+    batch 1 (ms per token) and at ``decode_batch`` (tokens/s), and training (tokens/s of full
+    AdamW steps). Models take turns round by round; each figure is the median over
+    ``rounds``, with the speed relative to the first model measured within each round.
 
-    ``seq_len`` defaults to the smallest context among the models. Returns
-    ``{"settings", "load_average", "models": {name: {metric: median, ..., "rounds": {metric: [...]}}}}``.
+    ``models`` maps names to models; ``seq_len`` defaults to the smallest context. Returns
+    ``{"settings", "load_average", "models": {name: {metric: median, "speedup": {...},
+    "rounds": {metric: [...]}, ...}}}``.
     """
     if not models:
         raise ConfigError("bench needs at least one model.")
