@@ -99,6 +99,41 @@ def test_eval_sample_gfa_and_prune(lm_run: Path, tmp_path: Path, capsys) -> None
     assert load_model(tmp_path / "pruned-cascadeflow").cfg.depth == 2
 
 
+def test_sample_decodes_the_same_greedy_text_with_and_without_the_kv_cache(lm_run: Path, capsys) -> None:
+    greedy = ["lm", "sample", str(lm_run), "--prompt", "to be", "--tokens", "20", "--temperature", "0"]
+    capsys.readouterr()
+    assert main(greedy) == 0
+    cached = capsys.readouterr().out
+    assert main([*greedy, "--no-cache"]) == 0
+    assert capsys.readouterr().out == cached and cached.startswith("to be")
+
+
+def test_bench_reads_a_run_folder_beside_a_preset(lm_run: Path, capsys) -> None:
+    small = [
+        "--rounds",
+        "1",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "4",
+        "--decode-batch",
+        "2",
+        "--train-batch",
+        "2",
+    ]
+    tiny = ["--set", "dim=32", "--set", "head_dim=8", "--set", "context=32"]
+    capsys.readouterr()
+    assert (
+        main(["lm", "bench", str(lm_run), "lm_uniform_small", *tiny, *small, "--json", "--device", "cpu"])
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out)
+    assert r["models"][str(lm_run)]["params"] == load_model(lm_run / "best").num_params()
+    assert r["models"]["lm_uniform_small"]["context"] == 32
+    assert main(["lm", "bench", str(lm_run / "missing"), "--rounds", "1"]) == 2
+    assert "no run folder" in capsys.readouterr().err
+
+
 def test_prune_with_healing_writes_a_run(lm_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "healed"
     args = ["lm", "prune", str(lm_run), "--remove", "1", "--method", "magnitude", "--heal-steps", "3"]
@@ -150,7 +185,9 @@ def test_data_is_required_and_a_missing_file_is_named(tmp_path, capsys) -> None:
 def test_removing_k_of_k_layers_and_unknown_methods_are_refused(lm_run: Path, tmp_path, capsys) -> None:
     code = main(["lm", "prune", str(lm_run), "--remove", "4", "--out", str(tmp_path / "p")])
     one_line_error(capsys, code, "--remove 4", "1..3")
-    code = main(["lm", "prune", str(lm_run), "--remove", "1", "--method", "best", "--out", str(tmp_path / "p")])
+    code = main(
+        ["lm", "prune", str(lm_run), "--remove", "1", "--method", "best", "--out", str(tmp_path / "p")]
+    )
     one_line_error(capsys, code, "--method", "best")
 
 

@@ -8,11 +8,16 @@ large-data ViTs on the small CPU protocols here (measured).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paraformer.errors import ShapeError
+from paraformer.errors import ConfigError, ShapeError
+
+if TYPE_CHECKING:
+    from paraformer.models.kv_cache import KVCache
 
 
 class PatchEmbedding(nn.Module):
@@ -92,15 +97,40 @@ class Attention(nn.Module):
         self.causal = causal
         self.out_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D). With ``cache``, ``x`` holds the positions after the cached
+        ones: their keys and values are stored as ``cache`` entry ``layer`` and attention
+        reads every position so far (causal models only)."""
         b, t, _ = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, Dh)
-        x = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
-        )
+        if cache is None:  # training and plain inference
+            x = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            )
+        else:
+            x = self.cached_attention(q, k, v, cache, layer)  # (B, H, T, Dh)
         x = x.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)  # (B, T, H*Dh)
         return self.out_dropout(self.out(x))
+
+    def cached_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, layer: int
+    ) -> torch.Tensor:
+        """(B, H, T, Dh) new positions -> their attention over the cached positions and themselves.
+
+        For decoding: no attention dropout.
+        """
+        if not self.causal:
+            raise ConfigError(
+                "a KV cache needs causal attention (a language model), not a bidirectional one."
+            )
+        past, t = cache.length, q.shape[2]
+        k, v = cache.update(layer, k, v)  # (B, H, past + T, Dh)
+        mask = None
+        if past and t > 1:  # a chunk after cached positions: causal, shifted by `past`
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(past)
+        # Without past positions the chunk is plainly causal; one new token reads every cached one.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and t > 1)
 
 
 class MLP(nn.Module):
@@ -152,10 +182,11 @@ class Block(nn.Module):
             self.norm2 = nn.LayerNorm(dim)
             self.mlp = MLP(dim, mlp_dim, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); ``cache`` and ``layer`` go to the attention (see ``Attention``)."""
         if self.attn is not None:
             h = self.norm1(x)
-            x = (h if self.normed_residual else x) + self.attn(h)
+            x = (h if self.normed_residual else x) + self.attn(h, cache, layer)
         if self.mlp is not None:
             h = self.norm2(x)
             x = (h if self.normed_residual else x) + self.mlp(h)

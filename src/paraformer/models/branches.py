@@ -37,9 +37,14 @@ class Branch(nn.Sequential):
         super().__init__(*blocks)
         self.gate = nn.Parameter(torch.zeros(())) if gated else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self:
-            x = block(x)
+    def forward(self, x: torch.Tensor, cache: Any = None, first_layer: int = 0) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D). With a ``KVCache``, block j uses entry ``first_layer + j``."""
+        if cache is None:
+            for block in self:
+                x = block(x)
+        else:
+            for j, block in enumerate(self):
+                x = block(x, cache, first_layer + j)
         return x if self.gate is None else x * self.gate
 
 

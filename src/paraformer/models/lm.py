@@ -5,6 +5,10 @@ a body, a final LayerNorm and a head tied to the token embedding (the logits are
 ``LN(h) @ E^T``, so no weight is stored twice). Initialisation follows GPT-2: normal
 std 0.02, residual output projections scaled by ``1/sqrt(2 * layers)``, which keeps the
 residual stream's variance independent of depth.
+
+``generate`` decodes with a key/value cache (``kv_cache.KVCache``): one prefill of the
+prompt, then one position per new token. Positions are learned and absolute, so a
+sequence cannot roll past ``context``; see ``generate`` for what happens there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from paraformer.errors import ConfigError, ShapeError
 from paraformer.layers import Block
 from paraformer.models.branches import Branch, BranchSelection, BranchStack
 from paraformer.models.flops import count_flops
+from paraformer.models.kv_cache import KVCache
 from paraformer.models.lm_presets import PARAFORMER_LM_PRESETS, SEQUENTIAL_PRESETS
 from paraformer.models.registry import register_model
 
@@ -39,7 +44,10 @@ class CausalLMBase(nn.Module):
         """The Transformer blocks, in the order layer scores and pruning number them."""
         raise NotImplementedError
 
-    def body(self, h: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
+    def body(
+        self, h: torch.Tensor, branches: BranchSelection = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); with ``cache``, layer i of ``layers()`` uses cache entry i."""
         raise NotImplementedError
 
     def _init_weights(self) -> None:
@@ -53,19 +61,19 @@ class CausalLMBase(nn.Module):
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb, std=0.02)
 
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, D) token plus position embeddings."""
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, T) token ids at positions ``start..start+T-1`` -> (B, T, D) token plus position embeddings."""
         if idx.ndim != 2 or idx.dtype not in (torch.int64, torch.int32):
             raise ShapeError(
                 f"expected token ids of shape (B, T) and an integer dtype, got {tuple(idx.shape)}."
             )
         t = idx.shape[1]
-        if not 1 <= t <= self.cfg.context:
+        if not 1 <= t <= self.cfg.context - start:
             raise ShapeError(
                 f"sequence length {t} is beyond the model's context of {self.cfg.context} tokens; "
                 "use a shorter --seq-len (or a model built with a larger context)."
             )
-        return self.drop(self.tok_emb(idx) + self.pos_emb[:t])  # (B, T, D)
+        return self.drop(self.tok_emb(idx) + self.pos_emb[start : start + t])  # (B, T, D)
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """(..., T, D) residual stream -> (..., T, V) logits through the tied head."""
@@ -75,9 +83,26 @@ class CausalLMBase(nn.Module):
         """(B, T) -> (B, T, D): the normalised final hidden states."""
         return self.norm(self.body(self.embed(idx), branches))
 
-    def forward(self, idx: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, V) next-token logits."""
-        return self.readout(self.body(self.embed(idx), branches))
+    def forward(
+        self, idx: torch.Tensor, branches: BranchSelection = None, *, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, V) next-token logits.
+
+        With ``cache`` (from ``new_cache``) the tokens continue the cached ones: they take
+        positions ``cache.length ..``, attention also reads the cached keys and values,
+        and the cache grows by T. Without it, this is the plain training forward.
+        """
+        if cache is None:
+            return self.readout(self.body(self.embed(idx), branches))
+        if idx.ndim == 2:
+            cache.check(idx.shape[0], idx.shape[1])
+        h = self.body(self.embed(idx, cache.length), branches, cache)  # (B, T, D)
+        cache.advance(idx.shape[1])
+        return self.readout(h)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty key/value cache for decoding ``batch_size`` sequences (one entry per layer)."""
+        return KVCache(batch_size, self.cfg.context, len(self.layers()))
 
     @torch.no_grad()
     def generate(
@@ -88,36 +113,66 @@ class CausalLMBase(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        use_cache: bool = True,
+        return_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(B, T) prompt -> (B, T + max_new_tokens): sampled continuations.
 
-        Each step reads the last ``context`` tokens. ``temperature`` 0 picks the most
-        likely token; ``top_k`` samples among the k most likely only.
+        ``temperature`` 0 picks the most likely token; ``top_k`` samples among the k most
+        likely only. ``return_logits`` also returns the ``(B, max_new_tokens, V)`` logits
+        each new token was drawn from (before temperature).
+
+        With ``use_cache`` (default) the last ``context`` tokens of the prompt are
+        prefilled once into a key/value cache, then each new token runs alone at the
+        next position. Positions are learned up to ``context``, so when the next
+        position would reach ``context`` the cache is emptied and the last
+        ``max(1, context // 2)`` tokens are prefilled again at positions 0..; decoding
+        then continues cheaply for another ``context // 2`` tokens. Within the context
+        this gives the logits of ``use_cache=False``, which recomputes the last
+        ``context`` tokens at every step; past it, a cached token reads a window of
+        ``context // 2`` to ``context`` tokens where the recompute always reads exactly
+        ``context`` (so the two may pick different tokens there).
         """
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise ConfigError(f"temperature must be a number >= 0, got {temperature!r}.")
-        if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-            raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}.")
+        check_sampling(temperature, top_k)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
         if idx.ndim != 2 or idx.shape[1] < 1:
             raise ShapeError(f"the prompt must be (B, T) token ids with T >= 1, got {tuple(idx.shape)}.")
         was_training = self.training
         self.eval()
+        cache = self.new_cache(idx.shape[0]) if use_cache else None
+        steps = []
         try:
             for _ in range(max_new_tokens):
-                logits = self(idx[:, -self.cfg.context :])[:, -1, :].float()  # (B, V)
-                if temperature == 0:
-                    nxt = logits.argmax(-1, keepdim=True)
-                else:
-                    logits = logits / temperature
-                    if top_k is not None and top_k < logits.shape[-1]:
-                        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    probs = torch.softmax(logits, dim=-1)
-                    nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                logits = self.next_logits(idx, cache)  # (B, V)
+                nxt = sample_next(logits, temperature, top_k, generator)  # (B, 1)
                 idx = torch.cat([idx, nxt.to(idx.dtype)], dim=1)
+                if return_logits:
+                    steps.append(logits)
         finally:
             self.train(was_training)
-        return idx
+        if not return_logits:
+            return idx
+        empty = idx.new_zeros(idx.shape[0], 0, self.cfg.vocab_size, dtype=torch.float)
+        return idx, torch.stack(steps, dim=1) if steps else empty
+
+    def next_logits(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """(B, T) tokens so far -> (B, V) float logits of the next one (one step of ``generate``).
+
+        ``cache`` must hold the tokens before the last one of ``idx`` (or be empty): each
+        call feeds it the new token, or prefills a window as ``generate`` describes.
+        """
+        context = self.cfg.context
+        if cache is None:
+            return self(idx[:, -context:])[:, -1].float()
+        if cache.length == 0:
+            window = idx[:, -context:]  # prefill: the prompt's last `context` tokens
+        elif cache.length == context:
+            cache.reset()  # the next position would be `context`: start again from half a context
+            window = idx[:, -max(1, context // 2) :]
+        else:
+            window = idx[:, -1:]
+        return self(window, cache=cache)[:, -1].float()
 
     def example_input(self, batch: int = 1, length: int | None = None) -> torch.Tensor:
         device = next(self.parameters()).device
@@ -131,9 +186,21 @@ class CausalLMBase(nn.Module):
         return sum(b.attn.heads * b.attn.head_dim for b in self.layers() if b.attn is not None)
 
     def flops(self) -> int:
-        """Forward FLOPs for one sequence of ``context`` tokens (attention included)."""
+        """Forward FLOPs for one sequence of ``context`` tokens (per sequence, attention included).
+
+        Attention is counted over all ``context x context`` query-key pairs (4 T^2 per unit
+        of attention width), as is usual, not only the causal half.
+        """
         t = self.cfg.context
         return count_flops(self, self.example_input(1, t), tokens=t, dim=self.attention_width(), layers=1)
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token at the full context: ``flops() / context``.
+
+        That is 2 FLOPs per weight of every matmul (the tied head included) plus attention
+        over ``context`` keys: also the cost of one cached decoding step at a full cache.
+        """
+        return self.flops() // self.cfg.context
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names not to weight-decay: embeddings, norms, biases and gates."""
@@ -167,11 +234,13 @@ class CausalLM(CausalLMBase):
     def layers(self) -> list[nn.Module]:
         return list(self.blocks)
 
-    def body(self, h: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
+    def body(
+        self, h: torch.Tensor, branches: BranchSelection = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         if branches is not None:
             raise ConfigError("a sequential LM has no branches; call it without branches=.")
-        for block in self.blocks:
-            h = block(h)
+        for i, block in enumerate(self.blocks):
+            h = block(h, cache, i)
         return h  # (B, T, D)
 
     def hidden_states(self, idx: torch.Tensor) -> list[torch.Tensor]:
@@ -212,8 +281,20 @@ class ParaFormerLM(CausalLMBase):
     def layers(self) -> list[nn.Module]:
         return [block for branch in self.branches for block in branch]
 
-    def body(self, h: torch.Tensor, branches: BranchSelection = None) -> torch.Tensor:
-        return self.branches(h, branches)  # (B, T, D)
+    def body(
+        self, h: torch.Tensor, branches: BranchSelection = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        if cache is None:
+            return self.branches(h, branches)  # (B, T, D)
+        if branches is not None:
+            raise ConfigError(
+                "a KV cache decodes the whole model; for fewer branches decode select_branches(model, k)."
+            )
+        depth = self.cfg.branch_depth
+        out = self.branches[0](h, cache, 0)
+        for i in range(1, self.num_branches):  # summed in order, as BranchStack does
+            out = out + self.branches[i](h, cache, i * depth)
+        return out  # (B, T, D)
 
     # What parallel execution needs to split the model around its branches (see parallel/branch.py).
     def embed_input(self, idx: torch.Tensor) -> torch.Tensor:
@@ -231,3 +312,26 @@ class ParaFormerLM(CausalLMBase):
     def prefix_logits(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, T) -> (N - start, B, T, V): logits of prefixes start+1..N from one pass."""
         return self.readout(self.branches.prefix_sums(self.embed(idx), start=start))
+
+
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """Refuse a temperature that is not a finite number >= 0, or a ``top_k`` below 1."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ConfigError(f"temperature must be a number >= 0, got {temperature!r}.")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}.")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"top_k must be an integer >= 1 (or None for all tokens), got {top_k!r}.")
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(B, V) logits -> (B, 1) the next token: argmax at temperature 0, else a top-k sample."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
