@@ -38,7 +38,8 @@ import torch
 from benchmarks.protocol import budget, load_now, record_results, write_json, write_record
 from benchmarks.render.accuracy import images_seen
 from benchmarks.render.accuracy import render as render_section
-from paraformer.train import TrainConfig, resume, train
+from paraformer.launch import resume, train
+from paraformer.tasks.image import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("vit", "joint", "fused", "progressive", "vit-steps", "fused-steps", "vit-time", "fused-time")

@@ -37,13 +37,12 @@ import torch
 from benchmarks.accuracy import PRESETS, base_config, run  # the same recipe
 from benchmarks.protocol import load_results, record_results, write_record
 from benchmarks.render.compression import render as render_section
-from paraformer.checkpoint import load_model
+from paraformer.checkpoint import checkpoint_folder, load_model
+from paraformer.commands.compress import compress_run
 from paraformer.models import count_params
-from paraformer.runs import checkpoint_folder, run_datasets, run_transform
 from paraformer.surgery import compress, evaluate_selections, greedy_order
-from paraformer.surgery_runs import compress_run
-from paraformer.train import TrainConfig
-from paraformer.train.checkpointing import read_run
+from paraformer.tasks import open_run
+from paraformer.tasks.image import TrainConfig, reopen, run_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +66,8 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, Any
     run_dir = args.out / f"{dataset}-paraformer-seed{seed}"
     full = trained(config(dataset, "paraformer", 0, args, seed), run_dir, args)
     folder = checkpoint_folder(run_dir, "best")
-    saved, model = read_run(folder), load_model(folder).eval()
-    data = run_datasets(saved, args.data_dir, ("val", "test"))
+    saved, model = open_run(folder), load_model(folder).eval()
+    data = reopen(saved, args.data_dir, ("val", "test"))
     transform = run_transform(saved)
     val, test = (data["val"], transform), (data["test"], transform)
     out: dict[str, Any] = {"prefix": {}, "greedy": {}, "greedy-ft": {}, "vit": {}}

@@ -55,11 +55,11 @@ from paraformer.analysis.continual import (
     masked_accuracy,
     seen_classes,
 )
+from paraformer.continual import train_expansion
 from paraformer.data import ImageDataset, limit_dataset, load_dataset, train_val_split, transform_for
-from paraformer.registry import create_model
+from paraformer.models import create_model
 from paraformer.surgery import expand
-from paraformer.train import TrainConfig
-from paraformer.train.expansion import train_expansion
+from paraformer.tasks.image import TrainConfig
 from paraformer.train.optim import make_optimizer
 from paraformer.train.schedule import warmup_cosine
 

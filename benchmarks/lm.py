@@ -2,7 +2,7 @@
 
 Every model has the same parameter count and trains on the same token budget (same
 steps, batch, window, optimiser, seeds). For each model and seed the script trains a
-run with ``paraformer.train.lm_launch.train_lm`` (the code behind ``paraformer lm
+run with ``paraformer.launch.train`` (the code behind ``paraformer lm
 train``), saves a mid-training checkpoint (``mid/``, for the pruning benchmark's rank
 stability), and runs the gradient fan-in analysis. Speed is measured afterwards in one
 process, the models taking turns (interleaved rounds, median): training tokens/s,
@@ -31,11 +31,12 @@ import torch
 
 from benchmarks.protocol import budget, record_results, write_record
 from benchmarks.render.lm import render_compare, render_gfa
-from paraformer.lm_runs import gfa_run
-from paraformer.registry import create_model
-from paraformer.train.lm_config import LMTrainConfig
-from paraformer.train.lm_launch import resume_lm, train_lm
-from paraformer.train.strategies import make_strategy
+from paraformer.commands.lm import gfa_run
+from paraformer.launch import resume as resume_lm
+from paraformer.launch import train as train_lm
+from paraformer.models import create_model
+from paraformer.tasks.text import LMTrainConfig
+from paraformer.train.objectives import make_objective as make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("lm_uniform_small", "cascadeformer_small", "lm_widening_small", "paraformer_lm_small")

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 
 from benchmarks.protocol import record_results, write_record
 from benchmarks.render.speed import render_distributed, render_single
+from paraformer.models import create_model
 from paraformer.parallel import fuse_branches
-from paraformer.registry import create_model
 from paraformer.train.devices import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,11 @@ import torch
 from benchmarks.protocol import record_results, write_record
 from benchmarks.render.prune import SCORERS
 from benchmarks.render.prune import render as render_section
-from paraformer.analysis.layer_scores import (
+from paraformer.checkpoint import load_model, read_history
+from paraformer.commands.lm import calibration_batches, heal_config
+from paraformer.commands.runs import text_corpus
+from paraformer.launch import train as train_lm
+from paraformer.surgery.scores import (
     METHODS,
     angular_distances,
     block_influence,
@@ -43,10 +47,8 @@ from paraformer.analysis.layer_scores import (
     magnitude_scores,
     random_scores,
 )
-from paraformer.checkpoint import load_model
-from paraformer.lm_runs import calibration_batches, heal_config, read_history, run_corpus
-from paraformer.train.lm_launch import read_lm_run, train_lm
-from paraformer.train.lm_task import evaluate_tokens
+from paraformer.tasks import open_run
+from paraformer.tasks.text import evaluate_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,8 +86,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     cache = Path(args.out) / f"{args.model}-s{seed}.json"
     result: dict[str, Any] = json.loads(cache.read_text()) if args.reuse and cache.is_file() else {}
     folder = Path(args.runs) / f"{args.model}-s{seed}"
-    saved = read_lm_run(folder)
-    corpus = run_corpus(saved, folder)
+    saved = open_run(folder, task="text")
+    corpus = text_corpus(saved, folder)
     seq_len = saved.data.seq_len
     batches = calibration_batches(corpus, seq_len, args.calib_windows)
     test = corpus.tokens["test"]

@@ -30,10 +30,9 @@ import torch.nn.functional as F
 
 from benchmarks.protocol import record_results, write_record
 from benchmarks.render.speed import render_throughput
-from paraformer.models import ImageClassifier
-from paraformer.registry import create_model
+from paraformer.models import ImageClassifier, create_model
 from paraformer.train.devices import compile_model
-from paraformer.train.strategies import make_strategy
+from paraformer.train.objectives import make_objective as make_strategy
 
 INPUTS = {"fashion-mnist": ("tiny_fmnist", 1, 28), "cifar10": ("tiny_cifar", 3, 32)}
 MODES = ("vit", "joint", "fused", "progressive")

@@ -56,7 +56,7 @@ def pooled(record: dict[str, Any], method: str, k: int, healed: bool) -> list[fl
 
 def checkpoint_stability(record: dict[str, Any], method: str) -> dict[str, float]:
     """Per training seed: Spearman of the layer ranking between the half-way and the final checkpoint."""
-    from paraformer.analysis.layer_scores import spearman
+    from paraformer.analysis.stats import spearman
 
     return {
         seed: spearman(r["rankings"]["mid"][method], r["rankings"]["final"][method])
@@ -93,7 +93,7 @@ def _ppl_table(record: dict[str, Any], healed: bool) -> list[str]:
 
 
 def _stability_table(record: dict[str, Any]) -> list[str]:
-    from paraformer.analysis.layer_scores import spearman
+    from paraformer.analysis.stats import spearman
 
     results = record["payload"]["results"]
     rows = []

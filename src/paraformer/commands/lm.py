@@ -202,6 +202,19 @@ def prune_run(
     return summary
 
 
+def heal_config(saved: Any, steps: int, lr: float) -> Any:
+    """The run's own settings, for ``steps`` steps at a constant ``lr``: a short healing fine-tune."""
+    return saved.train_cfg.replace(
+        max_steps=steps,
+        lr=lr,
+        warmup_fraction=0.0,
+        warmup_epochs=None,
+        min_lr_ratio=1.0,
+        eval_interval=steps,
+        epochs=1,
+    )
+
+
 # ------------------------------------------------------------------------------ verbs
 
 
