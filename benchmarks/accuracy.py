@@ -136,6 +136,11 @@ def with_budget(result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """All arms of one dataset and seed; the budget arms are sized from progressive's run."""
+    return _run_seed(dataset, seed, args)
+
+
+def _run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """All arms of one dataset and seed; the budget arms are sized from progressive's run."""
     budget_arms = [a for a in args.arms if "-" in a]
     needed = set(args.arms) - set(budget_arms) | ({"progressive"} if budget_arms else set())
     needed |= {a.split("-")[0] for a in budget_arms if a.endswith("time")}  # their seconds per epoch
@@ -192,15 +197,20 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "cifar10"], choices=list(PRESETS))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--limit-train", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        default=11112,
+        help="images before the 10%% validation hold-out (10,000 train)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--branches", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=96)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--branches", type=int, default=4)
     parser.add_argument("--branch-depth", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs in --out, resume others")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-accuracy")

@@ -143,6 +143,10 @@ class RunFolder:
         self.path = Path(path)
         self.config_json = config_json
 
+    def write_config(self, cfg: ModelConfig) -> None:
+        """``config.json`` alone: what the folder is, before any weights exist."""
+        write_json(self.path / CONFIG_FILE, {"model": cfg.to_dict(), **self.config_json})
+
     def save(self, state: dict[str, Any], cfg: ModelConfig) -> None:
         """Mid-epoch or interrupt: the resume state, then the latest weights (``state["model"]``)."""
         save_train_state(self.path, state)

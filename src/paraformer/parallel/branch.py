@@ -83,6 +83,12 @@ class BranchParallel(nn.Module):
         """Parameters of the whole model, all ranks together."""
         return self._num_params
 
+    def layers(self) -> list[nn.Module | None]:
+        """Every layer of the whole model in its order; ``None`` for those on other ranks."""
+        depth = len(self.local.branches[0])
+        mine = {self.start + i: list(branch) for i, branch in enumerate(self.local.branches)}
+        return [mine[b][j] if b in mine else None for b in range(self._total) for j in range(depth)]
+
     def no_weight_decay(self) -> set[str]:
         return {f"local.{n}" for n in self.local.no_weight_decay()}
 

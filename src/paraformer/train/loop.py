@@ -98,6 +98,8 @@ class Trainer:
 
     def run(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
         """Train to the configured length (or ``stop_after_epochs`` more epochs); return the summary."""
+        if self.writes_files:  # first, so that a kill at any later moment leaves a folder --resume reads
+            self.folder.write_config(self.model.cfg)
         self.hooks.on_start(self)
         self.model.train()
         epochs_run = 0
