@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(nproc: int, *args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Launch ``nproc`` local processes on 127.0.0.1 (gloo), one torch thread each."""
+def _torchrun_command(nproc: int, *args: str) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     command = [
@@ -158,6 +158,42 @@ def torchrun(nproc: int, *args: str, cwd: Path, timeout: int = 240) -> subproces
         str(_free_port()),
         *args,
     ]
+    return command, env
+
+
+def torchrun_popen(nproc: int, *args: str, cwd: Path):
+    """A running torchrun launch, and a function giving the PID of one of its ranks."""
+    command, env = _torchrun_command(nproc, *args)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd
+    )
+
+    def rank_pid(rank: int, wait_for: Path) -> int:
+        """The PID of the launch's process with this rank (found by its environment and folder)."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if wait_for.exists():
+                for entry in Path("/proc").iterdir():
+                    try:
+                        environ = (entry / "environ").read_bytes().split(b"\0")
+                        here = (entry / "cwd").resolve() == Path(cwd).resolve()
+                    except (OSError, ValueError):
+                        continue
+                    if (
+                        here
+                        and f"RANK={rank}".encode() in environ
+                        and b"LOCAL_RANK=" + str(rank).encode() in environ
+                    ):
+                        return int(entry.name)
+            time.sleep(0.1)
+        pytest.fail(f"rank {rank} of the launch was not found")
+
+    return proc, rank_pid
+
+
+def torchrun(nproc: int, *args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Launch ``nproc`` local processes on 127.0.0.1 (gloo), one torch thread each."""
+    command, env = _torchrun_command(nproc, *args)
     try:
         proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     except subprocess.TimeoutExpired:

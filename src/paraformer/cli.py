@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from paraformer import __version__
 from paraformer.commands import VERBS
@@ -45,11 +46,45 @@ def build_parser() -> Parser:
     return parser
 
 
+class OutputError(ParaformerError):
+    """stdout could not be written (a full disk, a closed or broken pipe)."""
+
+
+class _GuardedStdout:
+    """stdout whose write failures surface as one ``OutputError``, wherever they happen."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as err:
+            raise OutputError(f"cannot write the output: {_reason(err)}.") from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as err:
+            raise OutputError(f"cannot write the output: {_reason(err)}.") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _reason(err: BaseException) -> str:
+    return (getattr(err, "strerror", None) or "it is closed").lower()
+
+
 def _silence_stdout() -> None:
     """stdout cannot be written (a closed pipe, a full disk): send the rest to /dev/null."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit cannot fail again
+        os.dup2(devnull, sys.__stdout__.fileno())  # so the final flush at exit cannot fail again
     except (OSError, ValueError, AttributeError):
         pass
 
@@ -58,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``paraformer`` command."""
     rank = os.environ.get("RANK", "0")
     where = "" if rank in ("", "0") else f" (rank {rank})"
+    guarded = sys.stdout is not None and not isinstance(sys.stdout, _GuardedStdout)
+    if guarded:
+        sys.stdout = _GuardedStdout(sys.stdout)
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -67,38 +105,23 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdout is not None:
             sys.stdout.flush()  # a closed pipe or a full disk shows up here, not in the exit flush
         return code
+    except OutputError as err:
+        _silence_stdout()
+        print(f"error{where}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ParaformerError as err:
         print(f"error{where}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `paraformer list-models | head`: the reader went away, stop quietly
         _silence_stdout()
         return 0
-    except (OSError, AttributeError, ValueError) as err:
-        if not _stdout_failed(err):
-            raise
-        _silence_stdout()
-        reason = getattr(err, "strerror", None) or "it is closed"
-        print(f"error{where}: cannot write the output: {reason.lower()}.", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        if guarded:
+            sys.stdout = sys.stdout.stream
         shutdown()  # a torchrun launch leaves its process group cleanly
-
-
-def _stdout_failed(err: BaseException) -> bool:
-    """Whether ``err`` came from writing to stdout (closed, full disk, no stdout at all)."""
-    if sys.stdout is None or getattr(sys.stdout, "closed", False):
-        return True
-    text = str(err)
-    if isinstance(err, OSError) and err.errno is not None:
-        try:
-            sys.stdout.flush()
-        except (OSError, ValueError):
-            return True
-        return False
-    return "I/O operation on closed file" in text or "'NoneType' object has no attribute 'write'" in text
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ path that was measured.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,9 @@ def lost_peer_error(ctx: DistributedContext, err: Exception, out_dir: Path, comm
     lost = ctx.lost_ranks()
     who = f"rank {', '.join(map(str, lost))}" if lost else "another process of this launch"
     return TrainingError(
-        f"{who} stopped, so this launch cannot go on ({str(err).strip().splitlines()[0][:80]}); the last "
-        f"checkpoint is kept: resume with `torchrun --nproc-per-node {ctx.world} -m paraformer "
-        f"{command.removeprefix('paraformer ')} --resume --out {out_dir}`."
+        f"{who} stopped, so this launch cannot go on; the last checkpoint is kept: resume with "
+        f"`torchrun --nproc-per-node {ctx.world} -m paraformer {command.removeprefix('paraformer ')} "
+        f"--resume --out {out_dir}`."
     )
 
 
@@ -317,14 +318,35 @@ def _run(
         for name, text in setup.task.artifacts().items():
             trainer.folder.write_artifact(name, text)
     try:
-        if state is None:
-            log(run_line(setup, trainer, out_dir))
-            return trainer.run(stop_after_epochs)
-        return continue_run(trainer, state, log, stop_after_epochs)
-    except RuntimeError as err:
+        with _stopped_by_launcher(ctx):
+            if state is None:
+                log(run_line(setup, trainer, out_dir))
+                return trainer.run(stop_after_epochs)
+            return continue_run(trainer, state, log, stop_after_epochs)
+    except (RuntimeError, LaunchStopped) as err:
         if ctx is None:
             raise
         raise lost_peer_error(ctx, err, out_dir, task.command) from None
+
+
+class LaunchStopped(Exception):
+    """torchrun ends the other processes of a launch (SIGTERM) when one of them dies."""
+
+
+@contextmanager
+def _stopped_by_launcher(ctx: DistributedContext | None) -> Iterator[None]:
+    if ctx is None:
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise LaunchStopped("the launcher stopped this process")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _owner(out_dir: Path, ctx: DistributedContext | None) -> Any:

@@ -108,8 +108,13 @@ def analyse(
     return result
 
 
-def _corr(a: list[float], b: list[float]) -> dict[str, float]:
-    return {"spearman": spearman(a, b), "pearson": pearson(a, b)}
+def _corr(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Rank and linear correlation; ``None`` with the reason where one is undefined."""
+    out: dict[str, Any] = {"spearman": spearman(a, b), "pearson": pearson(a, b)}
+    if any(not math.isfinite(v) for v in out.values()):
+        out = {k: (v if math.isfinite(v) else None) for k, v in out.items()}
+        out["undefined"] = "a correlation needs two or more layers whose values differ"
+    return out
 
 
 def plot_gfa(result: dict[str, Any], path: Path, title: str = "") -> None:
@@ -141,7 +146,7 @@ def plot_gfa(result: dict[str, Any], path: Path, title: str = "") -> None:
     ax.set(
         xlabel="layer",
         ylabel="relative to the first layer",
-        title=f"theory vs measured (Spearman {c['spearman']:.2f})",
+        title=f"theory vs measured (Spearman {_fmt(c['spearman'])})",
     )
     ax.set_xticks(x, names, rotation=45 if len(names) > 10 else 0, fontsize=7)
     ax.legend(fontsize=8)
@@ -152,7 +157,7 @@ def plot_gfa(result: dict[str, Any], path: Path, title: str = "") -> None:
         ax.set(
             xlabel="layer",
             ylabel="validation loss increase (nats)",
-            title=f"skip one layer (Spearman with gradient {c['spearman']:.2f})",
+            title=f"skip one layer (Spearman with gradient {_fmt(c['spearman'])})",
         )
         ax.set_xticks(x, names, rotation=45 if len(names) > 10 else 0, fontsize=7)
     for ax in axes:
@@ -162,3 +167,7 @@ def plot_gfa(result: dict[str, Any], path: Path, title: str = "") -> None:
     fig.tight_layout()
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

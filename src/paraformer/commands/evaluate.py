@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from paraformer.analysis.plots import plot_branches
-from paraformer.checkpoint import lock
+from paraformer.checkpoint import lock, weights_are_finite
 from paraformer.commands.flags import (
     device_arg,
     int_in,
@@ -79,6 +79,10 @@ def evaluate_run(
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}.")
     run_dir = Path(run_dir)
     saved, model, folder = open_model(run_dir, weights, device, task=task, kind="run", command="eval")
+    if not weights_are_finite(model):
+        raise ConfigError(
+            f"{folder} holds non-finite (NaN or inf) weights: the run diverged; nothing to evaluate."
+        )
     if branches is not None:
         if not is_branched(model):
             raise ConfigError(

@@ -266,7 +266,7 @@ def _gfa(args: argparse.Namespace) -> int:
 
 
 def _num(value: Any) -> str:
-    return f"{value:+.2f}" if isinstance(value, float) and value == value else "n/a (constant)"
+    return f"{value:+.2f}" if isinstance(value, float) and value == value else "n/a"
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -63,8 +63,13 @@ def text_corpus(
 def split_tokens(corpus: TextCorpus, split: str, whole_file: bool) -> tuple[torch.Tensor, int]:
     """A split's tokens and characters (another file is scored whole: its one split)."""
     if whole_file:
-        split = "train"
-    elif split not in ("val", "test"):
+        n = corpus.num_tokens("train")
+        if n < 2:
+            raise DataError(
+                f"{corpus.path} holds {n} token(s); scoring needs at least 2 (one to read, one to predict)."
+            )
+        return corpus.tokens["train"], corpus.chars["train"]
+    if split not in ("val", "test"):
         raise ConfigError(f"split must be 'val' or 'test', got {split!r}.")
     if corpus.num_tokens(split) < 2:
         raise DataError(f"the run has no {split} split (its fraction was 0); use another --split.")

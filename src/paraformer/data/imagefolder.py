@@ -7,12 +7,15 @@ Layouts understood, after dropping folders that wrap the whole tree:
 
 Images are decoded with PIL. A tree of grayscale images stays one channel, anything
 else becomes RGB; images whose size differs from the most common one are resized.
+Only regular files are read (a FIFO or a device named ``.png`` is refused, never
+opened), and no image file may be larger than ``MAX_IMAGE_BYTES``.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import sys
 import tarfile
@@ -36,6 +39,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 HOLDOUT_FRACTION = 0.1
+MAX_IMAGE_BYTES = 64 << 20  # far above any real image file; stops a runaway read
 PROGRESS_MIN_IMAGES = 300
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 _DECODE_ERRORS = (
@@ -76,7 +80,24 @@ def _list_folder(root: Path) -> list[Path]:
 
 
 def _folder_entries(root: Path, files: list[Path]) -> list[_Entry]:
-    return [_Entry(f.relative_to(root).parts, f.read_bytes, str(f)) for f in files]
+    for f in files:
+        try:
+            info = f.stat()  # follows a symbolic link to what it names
+        except OSError as err:
+            raise DataError(f"cannot read {f}: {err.strerror or err}.") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{f} is not a regular file (a FIFO, device or folder); remove it from the tree.")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise DataError(f"{f} has {info.st_size:,} bytes, more than any image should; remove it.")
+    return [_Entry(f.relative_to(root).parts, lambda f=f: _read_capped(f), str(f)) for f in files]
+
+
+def _read_capped(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise DataError(f"{path} is larger than {MAX_IMAGE_BYTES:,} bytes; it cannot be an image here.")
+    return data
 
 
 def _tar_entries(path: Path) -> list[_Entry]:
@@ -86,6 +107,10 @@ def _tar_entries(path: Path) -> list[_Entry]:
             for member in tf:
                 parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
                 if member.isfile() and parts and _wanted(parts):
+                    if member.size > MAX_IMAGE_BYTES:
+                        raise DataError(
+                            f"{path}:{member.name} has {member.size:,} bytes, more than any image should."
+                        )
                     f = tf.extractfile(member)
                     data = f.read() if f is not None else b""
                     entries.append(_Entry(parts, lambda d=data: d, f"{path}:{member.name}"))

@@ -53,8 +53,10 @@ def read_text(path: str | Path) -> tuple[str, str]:
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}.") from None
-    if not raw.strip():
-        raise DataError(f"{path} is empty (or only whitespace); a language model needs text to learn from.")
+    bom = raw.startswith(b"\xef\xbb\xbf")
+    if not raw.removeprefix(b"\xef\xbb\xbf").strip():
+        what = "holds only a byte-order mark" if bom and raw.strip() else "is empty (or only whitespace)"
+        raise DataError(f"{path} {what}; a language model needs text to learn from.")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

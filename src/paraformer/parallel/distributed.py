@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,11 +104,10 @@ class DistributedContext:
         for rank in range(self.world):
             try:
                 pid = int(store.get(f"paraformer/pid/{rank}"))
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                lost.append(rank)
-            except Exception:  # noqa: BLE001 - the store itself may be gone with rank 0
+            except Exception:  # noqa: BLE001 - the store itself may be gone with its host
                 return None
+            if not _alive(pid):
+                lost.append(rank)
         return lost
 
     def _comm_device(self) -> torch.device:
@@ -168,6 +168,21 @@ def init_from_env(branch_parallel: int, device: str = "auto") -> DistributedCont
     except Exception:  # noqa: BLE001 - a private API: without it, lost ranks are just not named
         pass
     return ctx
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a killed child not yet reaped is a zombie: not alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def shutdown() -> None:

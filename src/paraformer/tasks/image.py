@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -54,7 +55,15 @@ KNOWN_INPUTS = {
 
 @dataclass(frozen=True)
 class TrainConfig(LoopConfig):
-    """Everything an image-classification run needs besides the data files; ``config.json["train"]``."""
+    """Everything an image-classification run needs besides the data files; ``config.json["train"]``.
+
+    ``epochs`` and ``batch_size`` left unset are sized by the training set (``fit_budget``).
+    """
+
+    epochs: int | None = option(
+        None, "number of epochs (default: sized by the training set, at least 10; see README)"
+    )
+    batch_size: int | None = option(None, "training batch size (default: 32, 64 or 128 by the training set)")
 
     dataset: str = option(
         "embedded",
@@ -244,6 +253,39 @@ def _place(dataset: ImageDataset, device: torch.device) -> ImageDataset:
 
 # ---------------------------------------------------------------------------- preparing a run
 
+BUDGET_STEPS = 800  # optimizer steps a run gets at least, when the user does not size it
+BUDGET_EPOCHS = (10, 100)
+
+
+def fit_budget(cfg: TrainConfig, num_train: int) -> tuple[TrainConfig, str | None]:
+    """``cfg`` with an unset batch size and epochs chosen for ``num_train`` images, and why.
+
+    Small data gets a small batch and more epochs, so that it still takes enough optimizer
+    steps: batch 32 below 2,500 images, 64 below 20,000, else 128; then as many epochs as
+    give at least ``BUDGET_STEPS`` steps, between 10 and 100. Large data gets exactly the
+    former defaults (batch 128, 10 epochs). Values the user set are kept.
+    """
+    chosen = {}
+    if cfg.batch_size is None:
+        chosen["batch_size"] = 32 if num_train < 2_500 else 64 if num_train < 20_000 else 128
+    if cfg.epochs is None:
+        if cfg.max_steps is not None:
+            chosen["epochs"] = 1  # --max-steps sets the length
+        else:
+            per_epoch = math.ceil(num_train / (cfg.batch_size or chosen["batch_size"]))
+            lo, hi = BUDGET_EPOCHS
+            chosen["epochs"] = min(hi, max(lo, math.ceil(BUDGET_STEPS / per_epoch)))
+    if not chosen:
+        return cfg, None
+    what = " and ".join(
+        f"{k.replace('_', ' ')} {v}" for k, v in chosen.items() if k != "epochs" or not cfg.max_steps
+    )
+    why = (
+        f"budget: {what} for {num_train:,} training images (at least {BUDGET_STEPS} optimizer steps; "
+        "--batch-size / --epochs / --max-steps to set them)"
+    )
+    return cfg.replace(**chosen), why
+
 
 def dataset_sha256(splits: DataSplits) -> str:
     """A content hash of a loaded dataset: both splits' images and labels."""
@@ -350,6 +392,9 @@ def prepare(
         check_input(model_cfg, name, channels=splits.train.channels, classes=labels)
     cfg = cfg.replace(model=name)
     train, val = training_splits(splits.train, cfg)
+    cfg, why = fit_budget(cfg, len(train))
+    if why is not None:
+        log(why)
     test = seen_test_set(splits.test, cfg)
     if cfg.val_fraction > 0 and len(val) == 0:
         raise DataError(
@@ -404,6 +449,8 @@ def in_memory_setup(
 ) -> Setup:
     """A run on images held in memory (a task of a continual-learning sequence)."""
     device = resolve_device(cfg.device)
+    if isinstance(cfg, TrainConfig):
+        cfg = fit_budget(cfg, len(train))[0]
     val = val if val is not None else ImageDataset(train.images[:0], train.labels[:0], train.classes)
     splits = {"train": train, "val": val} | ({"test": test} if test is not None else {})
     info = ImageDataInfo(

@@ -114,8 +114,11 @@ class LoopConfig:
             self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}."
         )
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            require(1 <= value <= MAX_BATCH, f"{name} must be an integer in 1..{MAX_BATCH}, got {value!r}.")
+            value = getattr(self, name)  # None: chosen by the task from its data (image runs)
+            require(
+                value is None or 1 <= value <= MAX_BATCH,
+                f"{name} must be an integer in 1..{MAX_BATCH}, got {value!r}.",
+            )
         require(
             self.max_steps is None or self.max_steps >= 1,
             f"max_steps must be an integer >= 1, got {self.max_steps!r}.",
