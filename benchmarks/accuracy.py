@@ -2,13 +2,20 @@
 
 For each dataset and seed, on the same data, batch, optimiser and schedule shape:
 
-  equal epochs      vit, joint, fused, progressive: the same number of epochs each
-  equal steps       vit-steps, fused-steps: as many optimizer steps as progressive took
-                    (it takes N + 1 steps per batch), at the same batch size
-  equal time        vit-time, fused-time: as many epochs as cost what progressive's epochs
-                    cost, by the per-epoch cost of each schedule measured side by side
-                    (interleaved rounds, ``throughput.py``) just before: separate runs'
+  equal epochs      vit, joint, fused, progressive: the same number of epochs each. The ViT,
+                    joint and fused take one optimizer step per batch and cost the same per
+                    epoch, so for them equal epochs is also equal steps and equal time.
+  equal steps       progressive-steps: progressive for as many optimizer steps as the ViT
+                    took (progressive takes N + 1 per batch)
+  equal time        progressive-time: progressive for as many epochs as cost what the ViT's
+                    epochs cost, by the per-epoch cost of each schedule measured side by side
+                    (interleaved rounds, ``throughput.py``) just before; separate runs'
                     wall-clock seconds are not comparable on a shared machine
+  (older files)     vit-steps, fused-steps, vit-time, fused-time: the ViT and fused given
+                    progressive's steps or time instead; still runnable, five times dearer
+
+Warmup and decay are fractions of each arm's own steps (``warmup_fraction``), so every arm
+has the same schedule shape.
 
 Every figure is the test accuracy of the epoch selected on the validation split (the
 test split is read once per run, at the end). Every run's figures and budget (optimizer
@@ -42,7 +49,19 @@ from paraformer.launch import resume, train
 from paraformer.tasks.image import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("vit", "joint", "fused", "progressive", "vit-steps", "fused-steps", "vit-time", "fused-time")
+ARMS = (
+    "vit",
+    "fused",
+    "progressive",
+    "progressive-steps",
+    "progressive-time",
+    "joint",
+    "vit-steps",
+    "fused-steps",
+    "vit-time",
+    "fused-time",
+)
+DEFAULT_ARMS = ARMS[:6]
 PRESETS = {"fashion-mnist": "tiny_fmnist", "cifar10": "tiny_cifar"}
 
 
@@ -53,7 +72,7 @@ def base_config(dataset: str, arm: str, args: argparse.Namespace, seed: int) -> 
         overrides = {**shape, "depth": args.branches * args.branch_depth}
     else:
         overrides = {**shape, "num_branches": args.branches, "branch_depth": args.branch_depth}
-    mode = arm.split("-")[0] if arm in ("joint", "fused", "progressive") else "fused"
+    mode = arm.split("-")[0] if arm.split("-")[0] in ("joint", "fused", "progressive") else "fused"
     return TrainConfig(
         model=f"{family}_{PRESETS[dataset]}",
         model_overrides=overrides,
@@ -140,35 +159,63 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dic
 
 
 def _run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """All arms of one dataset and seed; the budget arms are sized from progressive's run."""
-    budget_arms = [a for a in args.arms if "-" in a]
-    needed = set(args.arms) - set(budget_arms) | ({"progressive"} if budget_arms else set())
-    needed |= {a.split("-")[0] for a in budget_arms if a.endswith("time")}  # their seconds per epoch
+    base_arms = ("vit", "fused", "progressive", "joint")
+    needed = {a for a in args.arms if a in base_arms}
+    needed |= {"vit"} if {"progressive-steps", "progressive-time"} & set(args.arms) else set()
+    needed |= (
+        {"progressive"} if {"vit-steps", "fused-steps", "vit-time", "fused-time"} & set(args.arms) else set()
+    )
     out: dict[str, dict[str, Any]] = {}
-    for arm in ("vit", "joint", "fused", "progressive"):
+    for arm in base_arms:
         if arm in needed:
-            out[arm] = run(
-                base_config(dataset, arm, args, seed), args.out / f"{dataset}-{arm}-seed{seed}", args
-            )
-    prog = out.get("progressive")
-    timed = any(a.endswith("time") for a in budget_arms) and not args.report_only
-    costs = epoch_costs(dataset, args) if timed else {}
-    for arm in ("vit-steps", "fused-steps", "vit-time", "fused-time"):
-        if arm not in args.arms or prog is None:
+            out[arm] = run(base_config(dataset, arm, args, seed), run_dir(args, dataset, arm, seed), args)
+    costs: dict[str, float] = {}
+    for arm in (
+        "progressive-steps",
+        "progressive-time",
+        "vit-steps",
+        "fused-steps",
+        "vit-time",
+        "fused-time",
+    ):
+        ref = out.get("vit" if arm.startswith("progressive") else "progressive")
+        if arm not in args.arms or ref is None:
             continue
-        cfg = base_config(dataset, arm, args, seed)
-        ratio = None
+        cfg, folder, ratio = base_config(dataset, arm, args, seed), run_dir(args, dataset, arm, seed), None
         if args.report_only:
             cfg = None
         elif arm.endswith("steps"):
-            cfg = cfg.replace(max_steps=prog["summary"]["steps"])
+            cfg = cfg.replace(max_steps=ref["summary"]["steps"])
         else:
-            ratio = costs["progressive"] / costs[arm.split("-")[0]]
-            cfg = cfg.replace(epochs=max(1, round(prog["summary"]["epochs_completed"] * ratio)))
-        out[arm] = run(cfg, args.out / f"{dataset}-{arm}-seed{seed}", args, budget_ratio=ratio)
+            ratio = recorded_ratio(folder, args)
+            if ratio is None:
+                costs = costs or epoch_costs(dataset, args)
+                mine = "progressive" if arm.startswith("progressive") else arm.split("-")[0]
+                ratio = (
+                    costs[mine if arm.startswith("progressive") else "progressive"]
+                    / costs["vit" if arm.startswith("progressive") else mine]
+                )
+            epochs = ref["summary"]["epochs_completed"]
+            cfg = cfg.replace(
+                epochs=max(1, round(epochs / ratio if arm.startswith("progressive") else epochs * ratio))
+            )
+        out[arm] = run(cfg, folder, args, budget_ratio=ratio)
         if out[arm] is not None and arm.endswith("time"):  # the load on both sides of the equal-time pair
-            out[arm]["budget"]["load"]["reference"] = prog["budget"]["load"]["arm"]
+            out[arm]["budget"]["load"]["reference"] = ref["budget"]["load"]["arm"]
     return {arm: r for arm, r in out.items() if arm in args.arms and r is not None}
+
+
+def run_dir(args: argparse.Namespace, dataset: str, arm: str, seed: int) -> Path:
+    return args.out / f"{dataset}-{arm}-seed{seed}"
+
+
+def recorded_ratio(folder: Path, args: argparse.Namespace) -> float | None:
+    """The cost ratio an equal-time run was sized with, so that --reuse finds the same run."""
+    meta = folder / BENCH_META
+    if args.reuse and meta.is_file():
+        ratio = json.loads(meta.read_text()).get("budget_ratio")
+        return float(ratio) if isinstance(ratio, (int, float)) else None
+    return None
 
 
 def epoch_costs(dataset: str, args: argparse.Namespace) -> dict[str, float]:
@@ -195,7 +242,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "cifar10"], choices=list(PRESETS))
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument(

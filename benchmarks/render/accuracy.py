@@ -14,6 +14,8 @@ LABELS = {
     "joint": "ParaFormer joint",
     "fused": "ParaFormer fused",
     "progressive": "ParaFormer progressive",
+    "progressive-steps": "ParaFormer progressive, the ViT's steps",
+    "progressive-time": "ParaFormer progressive, the ViT's time",
     "vit-steps": "ViT twin, progressive's steps",
     "fused-steps": "ParaFormer fused, progressive's steps",
     "vit-time": "ViT twin, progressive's time",
@@ -25,6 +27,9 @@ COMPARISONS = [
     ("fused-vit", "equal epochs", "fused", "vit", "test"),
     ("joint-vit", "equal epochs", "joint", "vit", "test"),
     ("progressive-vit-epoch1", "after one epoch", "progressive", "vit", "val1"),
+    ("progressive-steps-vit", "equal steps", "progressive-steps", "vit", "test"),
+    ("progressive-time-vit", "equal time", "progressive-time", "vit", "test"),
+    ("fused-progressive-time", "equal time", "fused", "progressive-time", "test"),
     ("progressive-vit-steps", "equal steps", "progressive", "vit-steps", "test"),
     ("fused-steps-vit-steps", "equal steps", "fused-steps", "vit-steps", "test"),
     ("progressive-vit-time", "equal time", "progressive", "vit-time", "test"),
@@ -90,13 +95,43 @@ def _protocol(dataset: str, results: dict[str, dict[str, Any]]) -> str:
         f"dim {shape['dim']}, {shape['heads']} heads, MLP {shape['mlp_dim']}, {n} branches x depth {d}{twin} "
         f"(the same parameter count); batch {para['batch_size']}, {para['optimizer']} lr {para['lr']:g}, "
         f"{warmup} then cosine, weight decay {para['weight_decay']:g}, grad clip {para['grad_clip']:g}; "
-        f"{'bf16' if para.get('bf16') else 'fp32'}. Equal epochs: {para['epochs']} each. Equal steps: the "
-        f"optimizer steps progressive took ({n + 1} per batch), same batch. Equal time: as many epochs as "
-        "cost what progressive's epochs cost, from each schedule's cost per epoch measured side by side "
-        "(interleaved) before the runs; 'training s' is each run's own wall clock on a shared machine. "
+        f"{'bf16' if para.get('bf16') else 'fp32'}. Equal epochs: {para['epochs']} each (the ViT, joint and "
+        "fused take one step per batch and cost the same per epoch: for them equal epochs is equal steps "
+        f"and equal time). {_budget_text(first, n)} Budgets are measured side by side (interleaved) "
+        "before the runs; 'training s' is each run's own wall clock on a shared machine. "
         "Test accuracy is that of the epoch with the best validation accuracy, measured once at the end; "
         "'images seen' counts each pass over a batch once (progressive's prefix steps share one pass)."
     )
+
+
+def _budget_text(first: dict[str, Any], n: int) -> str:
+    if "progressive-steps" in first or "progressive-time" in first:
+        return (
+            f"Equal steps: progressive given the optimizer steps the ViT took (it takes {n + 1} per batch). "
+            "Equal time: progressive given as many epochs as cost what the ViT's epochs cost."
+        )
+    return (
+        f"Equal steps: the ViT/fused given the optimizer steps progressive took ({n + 1} per batch). "
+        "Equal time: the ViT/fused given as many epochs as cost what progressive's epochs cost."
+    )
+
+
+def convergence(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Did the ViT twin converge? Its mean validation accuracy over the last fifth of training."""
+    curves = [arms["vit"]["history"] for arms in results.values() if "vit" in arms]
+    if not curves or any(len(c) != len(curves[0]) for c in curves) or len(curves[0]) < 5:
+        return []
+    epochs = len(curves[0])
+    start = epochs - epochs // 5  # the epoch at which the last fifth begins
+    mean = [statistics.fmean(100 * c[e]["val_acc"] for c in curves) for e in range(epochs)]
+    change = mean[-1] - mean[start - 1]
+    verdict = "converged (under 0.3 points)" if abs(change) < 0.3 else "NOT converged by the 0.3-point rule"
+    shown = " ".join(f"{v:.1f}" for v in mean)
+    return [
+        f"Convergence of the ViT twin (mean validation accuracy over {len(curves)} seeds, epoch by epoch): "
+        f"{shown}. Over the last fifth (epochs {start}-{epochs}) it changed by {change:+.2f} points: "
+        f"{verdict}."
+    ]
 
 
 def _arm_table(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -142,7 +177,7 @@ def _arm_table(results: dict[str, dict[str, Any]]) -> list[str]:
 def _time_arms(results: dict[str, dict[str, Any]]) -> list[str]:
     """Equal-time arms: the measured budget ratio that sized them and the load on both sides."""
     rows, missing = [], False
-    for arm in ("vit-time", "fused-time"):
+    for arm in ("progressive-time", "vit-time", "fused-time"):
         for seed in sorted(results, key=int):
             run = results[seed].get(arm)
             if run is None:
@@ -170,9 +205,9 @@ def _time_arms(results: dict[str, dict[str, Any]]) -> list[str]:
     header = [
         "arm",
         "seed",
-        "budget ratio (progressive / arm, measured)",
+        "epoch cost ratio (progressive / other, measured)",
         "load, this run",
-        "load, progressive",
+        "load, the run it matches",
     ]
     return table(header, rows) if rows else []
 
@@ -198,6 +233,7 @@ def render(record: dict[str, Any]) -> Section:
         *_arm_table(results),
         "",
         *(time_lines + [""] if time_lines else []),
+        *(conv + [""] if (conv := convergence(results)) else []),
         *comparison_lines(list(compared.values()), f"Comparisons on {dataset}, paired by seed (points):"),
         "",
         f"![curves](benchmarks/results/accuracy-{dataset}.png)",
