@@ -179,15 +179,7 @@ def prune_run(
         "heal_steps": heal_steps,
     }
     if heal_steps:
-        cfg = saved.train_cfg.replace(
-            max_steps=heal_steps,
-            lr=heal_lr,
-            warmup_fraction=0.0,
-            warmup_epochs=None,
-            min_lr_ratio=1.0,
-            eval_interval=heal_steps,
-            epochs=1,
-        )
+        cfg = heal_config(saved, heal_steps, heal_lr)
         if data_dir is not None:
             cfg = cfg.replace(data=find_text(saved.data, data_dir, run_dir))
         options = {"tokenizer": run_tokenizer(folder)}  # the run's own tokens, whatever the tokenizer kind

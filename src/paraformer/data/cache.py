@@ -52,12 +52,19 @@ def make_key(kind: str, source: Path, stats: list[tuple[str, int, int]]) -> str:
     return f"{kind}-{hashlib.sha256(blob).hexdigest()[:20]}"
 
 
-def load(key: str, log: Log = quiet) -> tuple[ImageDataset, ImageDataset, list[str]] | None:
-    """The cached (train, test, notes) for ``key``, or ``None`` if absent, disabled or damaged."""
+def entry(key: str) -> Path | None:
+    """The folder of a complete cache entry (its ``meta.json`` is written last), or None."""
     root = cache_root()
     if root is None or not (root / key / "meta.json").is_file():
         return None
-    folder = root / key
+    return root / key
+
+
+def load(key: str, log: Log = quiet) -> tuple[ImageDataset, ImageDataset, list[str]] | None:
+    """The cached (train, test, notes) for ``key``, or ``None`` if absent, disabled or damaged."""
+    folder = entry(key)
+    if folder is None:
+        return None
     try:
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("version") != FORMAT_VERSION:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from paraformer.data import cache
-from paraformer.data import download as dl
+import paraformer.data.cache as cache
+import paraformer.data.download as dl
 from paraformer.data.base import DataSplits, ImageDataset, Log, quiet
 from paraformer.data.cifar import CIFAR10, CIFAR100, CifarLayout, read_cifar
 from paraformer.data.idx import read_idx

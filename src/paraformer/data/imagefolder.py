@@ -30,7 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from paraformer.data import cache
+import paraformer.data.cache as cache
 from paraformer.data.base import ImageDataset, Log, quiet
 from paraformer.errors import DataError
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import paraformer.data.cache as cache
 from paraformer.data.base import Log, quiet
 from paraformer.data.cache import cache_root
 from paraformer.data.tokenizer import KINDS, BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_json
@@ -128,10 +129,9 @@ def load_corpus(
 
 
 def _load_cached(key: str, log: Log) -> tuple[Tokenizer, dict[str, torch.Tensor], dict[str, int]] | None:
-    root = cache_root()
-    if root is None or not (root / key / "meta.json").is_file():
+    folder = cache.entry(key)
+    if folder is None:
         return None
-    folder = root / key
     try:
         meta = json.loads((folder / "meta.json").read_text())
         tok = tokenizer_from_json((folder / "tokenizer.json").read_text())

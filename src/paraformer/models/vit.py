@@ -7,9 +7,9 @@ from torch import nn
 
 from paraformer.config import ViTConfig
 from paraformer.errors import ConfigError
-from paraformer.models import paraformer
 from paraformer.models.base import ImageClassifier
 from paraformer.models.branches import BranchSelection
+from paraformer.models.paraformer import PRESETS as PARAFORMER_PRESETS
 from paraformer.models.registry import register_model
 
 # Each ParaFormer preset has a ViT twin: the same blocks stacked sequentially
@@ -19,7 +19,7 @@ PRESETS: dict[str, tuple[str, ViTConfig]] = {
         f"ViT twin of {name}: the same {cfg.num_layers} blocks stacked sequentially",
         cfg.vit_twin(),
     )
-    for name, (_, cfg) in paraformer.PRESETS.items()
+    for name, (_, cfg) in PARAFORMER_PRESETS.items()
 }
 
 

@@ -206,24 +206,11 @@ class ImageClassificationTask:
     def batch_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return {"acc": float((logits.argmax(-1) == targets).sum().item())}  # summed; the loop divides
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        split: str,
-        *,
-        prefixes: bool = False,
-        bf16: bool = False,
-        progress: bool = False,
-    ) -> EvalResult:
+    def evaluate(self, model: nn.Module, split: str, **options: bool) -> EvalResult:
+        """Accuracy and loss on a split; ``options``: ``prefixes``, ``bf16``, ``progress``."""
+        desc = "validation" if split == "val" else split
         return evaluate(
-            model,
-            self.splits[split],
-            self.transform,
-            batch_size=self.eval_batch_size,
-            prefixes=prefixes,
-            bf16=bf16,
-            progress=progress,
-            desc="validation" if split == "val" else split,
+            model, self.splits[split], self.transform, batch_size=self.eval_batch_size, desc=desc, **options
         )
 
     def info(self) -> dict[str, Any]:

@@ -267,25 +267,18 @@ class LanguageModelingTask:
     def batch_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         return {}
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        split: str,
-        *,
-        prefixes: bool = False,
-        bf16: bool = False,
-        progress: bool = False,
-    ) -> LMEvalResult:
+    def evaluate(self, model: nn.Module, split: str, **options: bool) -> LMEvalResult:
+        """Loss, perplexity and bits per character on a split; ``options`` as for the image task."""
+        tokens, chars = self.corpus.tokens[split], self.corpus.chars.get(split)
+        desc = "validation" if split == "val" else split
         return evaluate_tokens(
             model,
-            self.corpus.tokens[split],
+            tokens,
             self.seq_len,
-            num_chars=self.corpus.chars.get(split),
+            num_chars=chars,
             batch_size=self.eval_batch_size,
-            prefixes=prefixes,
-            bf16=bf16,
-            progress=progress,
-            desc="validation" if split == "val" else split,
+            desc=desc,
+            **options,
         )
 
     def info(self) -> dict[str, Any]:
