@@ -113,7 +113,7 @@ def run(
         )
     saved = run_dir / "config.json"
     # read back through TrainConfig, so that a field added since (with its default) still matches
-    same = saved.is_file() and TrainConfig.from_dict(json.loads(saved.read_text())["train"]) == cfg
+    same = saved.is_file() and same_config(TrainConfig.from_dict(json.loads(saved.read_text())["train"]), cfg)
     log = lambda line: print("   ", line, flush=True)  # noqa: E731
     print(f"== {run_dir.name}", flush=True)
     load_before, trained_here = load_now(), True
@@ -133,6 +133,14 @@ def run(
         write_json(run_dir / BENCH_META, {"load": loads, "budget_ratio": budget_ratio})
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return with_budget({"summary": summary, "history": history, "config": cfg.to_dict()}, run_dir)
+
+
+def same_config(saved: TrainConfig, cfg: TrainConfig | None) -> bool:
+    """Whether a saved run is the one ``cfg`` asks for (fields ``cfg`` leaves to the run are not compared)."""
+    if cfg is None:
+        return False
+    unset = {f: None for f in ("epochs", "batch_size", "model") if getattr(cfg, f) is None}
+    return saved.replace(**unset) == cfg
 
 
 BENCH_META = "benchmark.json"  # the benchmark's notes beside a run: load before/after, budget ratio

@@ -50,6 +50,20 @@ CHAPTERS: list[tuple[str, str, list[Slot]]] = [
         ],
     ),
     (
+        "Defaults that fit the data",
+        "`benchmarks/defaults.py` trains with the budget `paraformer train` now chooses from the size of "
+        "the training set, and with the former defaults, on small and medium subsets.",
+        [
+            Slot(
+                "defaults",
+                "defaults",
+                "defaults",
+                "Defaults that fit the data",
+                "python benchmarks/defaults.py --data-dir ../shared/datasets --threads 1 --reuse",
+            )
+        ],
+    ),
+    (
         "Training cost per epoch, bf16 and torch.compile",
         "`benchmarks/throughput.py` times one real AdamW training step per mode on the same random batch, "
         "the modes taking turns round by round, and charges each mode every pass its epoch makes.",

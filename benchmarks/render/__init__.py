@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.render import accuracy, compression, continual, lm, prune, speed
+from benchmarks.render import accuracy, compression, continual, defaults, lm, prune, speed
 from benchmarks.render.common import Section
 
 Renderer = Callable[[dict[str, Any]], Section]
 
 REGISTRY: dict[str, Renderer] = {
     "accuracy": accuracy.render,
+    "defaults": defaults.render,
     "compression": compression.render,
     "continual": continual.render,
     "lm-compare": lm.render_compare,
