@@ -34,7 +34,11 @@ from paraformer.models import ImageClassifier, create_model
 from paraformer.train.devices import compile_model
 from paraformer.train.objectives import make_objective as make_strategy
 
-INPUTS = {"fashion-mnist": ("tiny_fmnist", 1, 28), "cifar10": ("tiny_cifar", 3, 32)}
+INPUTS = {
+    "fashion-mnist": ("tiny_fmnist", 1, 28),
+    "cifar10": ("tiny_cifar", 3, 32),
+    "paper": ("paper", 3, 224),
+}
 MODES = ("vit", "joint", "fused", "progressive")
 
 
@@ -59,14 +63,21 @@ def epoch_seconds_per_batch(mode: str, model: ImageClassifier, x, y, batches: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     model.train()
+    _sync(x.device)
     start = time.perf_counter()
     for _ in range(batches):
         for pass_name in strategy.passes:
             with autocast:
                 strategy.train_batch(model, x, y, pass_name, step)
+    _sync(x.device)
     return (time.perf_counter() - start) / batches
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -86,6 +97,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time each mode torch.compile'd")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--name", help="results file name (default throughput[-bf16][-compile])")
+    parser.add_argument(
+        "--results-dir", type=Path, help="where to write the raw JSON (default benchmarks/results)"
+    )
     parser.add_argument(
         "--no-write", action="store_true", help="do not write benchmarks/results/ (a smoke run)"
     )
@@ -96,9 +112,10 @@ def main() -> None:
     inputs = {}
     for name in args.inputs:
         preset, channels, size = INPUTS[name]
-        x = torch.randn(args.batch_size, channels, size, size)
-        y = torch.randint(0, 10, (args.batch_size,))
-        variants = {(mode, "", False): build(mode, preset, args) for mode in MODES}
+        device = torch.device(args.device)
+        x = torch.randn(args.batch_size, channels, size, size, device=device)
+        y = torch.randint(0, 10, (args.batch_size,), device=device)
+        variants = {(mode, "", False): build(mode, preset, args).to(device) for mode in MODES}
         if args.compile:
             for mode in MODES:
                 variants[(mode, "+compiled", False)] = compiled = copy.deepcopy(variants[(mode, "", False)])
@@ -114,11 +131,12 @@ def main() -> None:
                 times[mode + tag].append(epoch_seconds_per_batch(mode, model, x, y, args.batches, bf16))
             print(f"{name} round {r + 1}/{args.rounds}", flush=True)
         inputs[name] = {"shape": [channels, size, size], "times": times}
-    bench = "throughput" + ("-bf16" if args.bf16 else "") + ("-compile" if args.compile else "")
+    bench = args.name or "throughput" + ("-bf16" if args.bf16 else "") + ("-compile" if args.compile else "")
     record = record_results(bench, {"inputs": inputs}, seeds=[], config=vars(args))
     print(render_throughput(record).text, flush=True)
     if not args.no_write:
-        print(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")
+        path = write_record(record, *([args.results_dir] if args.results_dir else []))
+        print(f"wrote {path}; render BENCHMARKS.md with: python -m benchmarks.report")
 
 
 if __name__ == "__main__":
