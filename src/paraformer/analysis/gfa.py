@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from paraformer.analysis.stats import pearson, spearman
-from paraformer.config import LMConfig, ModelConfig
+from paraformer.config import ModelConfig
 from paraformer.errors import CheckpointError
 from paraformer.files import atomic_write
 
@@ -33,7 +33,7 @@ def theoretical_fan_in(
     cfg: ModelConfig, *, deep_supervision: bool = False, mode: str = "fused"
 ) -> list[float]:
     """Paths from each layer to the loss(es), in ``model.layers()`` order."""
-    if isinstance(cfg, LMConfig):
+    if cfg.family == "lm":
         depth = cfg.depth
         m = [depth - i for i in range(depth)]  # L - l + 1 for 0-based i
         return [k * (k + 1) / 2 if deep_supervision else float(k) for k in m]
@@ -43,7 +43,7 @@ def theoretical_fan_in(
 
 
 def layer_names(cfg: ModelConfig) -> list[str]:
-    if isinstance(cfg, LMConfig):
+    if cfg.family == "lm":
         return [f"L{i + 1}" for i in range(cfg.depth)]
     return [f"b{i + 1}.{j + 1}" for i in range(cfg.num_branches) for j in range(cfg.branch_depth)]
 

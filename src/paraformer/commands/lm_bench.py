@@ -88,7 +88,7 @@ def bench(
     if not models:
         raise ConfigError("bench needs at least one model.")
     for name, model in models.items():
-        if not isinstance(model, CausalLMBase):
+        if getattr(model, "cfg", None) is None or modality_of(model.cfg) != "text":
             raise ConfigError(f"{name} is not a language model; bench compares language models only.")
     context = min(m.cfg.context for m in models.values())
     seq_len = context if seq_len is None else seq_len
