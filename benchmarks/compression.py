@@ -64,6 +64,8 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> dict[str, Any
     """Every method's k-branch models for one seed: params and val/test accuracy per k."""
     n = args.branches
     run_dir = args.out / f"{dataset}-paraformer-seed{seed}"
+    if args.model_runs is not None:  # the accuracy benchmark's fused run: the same recipe, trained once
+        run_dir = args.model_runs / f"{dataset}-fused-seed{seed}"
     full = trained(config(dataset, "paraformer", 0, args, seed), run_dir, args)
     folder = checkpoint_folder(run_dir, "best")
     saved, model = open_run(folder), load_model(folder).eval()
@@ -140,6 +142,11 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="read finished runs in --out back")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-compression")
+    parser.add_argument(
+        "--model-runs",
+        type=Path,
+        help="cut the fused runs of benchmarks/accuracy.py in this folder (same flags) instead of training",
+    )
     parser.add_argument(
         "--no-write", action="store_true", help="do not write benchmarks/results/ (a smoke run)"
     )
