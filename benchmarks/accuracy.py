@@ -85,6 +85,7 @@ def base_config(dataset: str, arm: str, args: argparse.Namespace, seed: int) -> 
         seed=seed,
         limit_train=args.limit_train,
         val_fraction=0.1,
+        branch_exec="loop",  # the reference path for every arm: a measured choice could differ by load
     )
 
 
@@ -140,6 +141,8 @@ def same_config(saved: TrainConfig, cfg: TrainConfig | None) -> bool:
     if cfg is None:
         return False
     unset = {f: None for f in ("epochs", "batch_size", "model") if getattr(cfg, f) is None}
+    if (cfg.model or "").startswith("vit_"):
+        unset["branch_exec"] = cfg.branch_exec  # a ViT has no branches: the path changes nothing
     return saved.replace(**unset) == cfg
 
 
