@@ -53,6 +53,20 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PARAFORMER_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """In-process runs use one thread, as the interrupted subprocesses do.
+
+    ``--branch-exec auto`` keys its measured choice by the thread count: with equal
+    counts the subprocess reuses the straight run's cached choice, so both runs take the
+    same path (a different path is a different, though equally valid, float result).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def train_argv(task: str, tmp_path: Path, out: Path, *extra: str) -> list[str]:
     if task == "image":
         return ["train", *IMAGE_FLAGS, "--out", str(out), "--no-progress", *extra]
