@@ -20,7 +20,6 @@ import hashlib
 import platform
 import sys
 from pathlib import Path
-
 from pydoc_data.topics import topics
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "python-docs-topics.txt"
@@ -32,7 +31,9 @@ def corpus() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="compare with the committed file, write nothing")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()

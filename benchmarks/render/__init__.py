@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.render import accuracy, compression, continual, lm, prune, speed
+from benchmarks.render import accuracy, compression, continual, lm, prune, speed, taper
 from benchmarks.render.common import Section
 
 Renderer = Callable[[dict[str, Any]], Section]
@@ -21,6 +21,7 @@ REGISTRY: dict[str, Renderer] = {
     "lm-compare": lm.render_compare,
     "lm-gfa": lm.render_gfa,
     "prune": prune.render,
+    "taper": taper.render,
     "throughput": speed.render_throughput,
     "parallel-single": speed.render_single,
     "parallel-distributed": speed.render_distributed,
