@@ -9,7 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.render import accuracy, compression, continual, lm, prune, speed, taper
+from benchmarks.render import (
+    accuracy,
+    compression,
+    continual,
+    gfa_depth,
+    lm,
+    prune,
+    prune_depth,
+    speed,
+    taper,
+)
 from benchmarks.render.common import Section
 
 Renderer = Callable[[dict[str, Any]], Section]
@@ -22,6 +32,8 @@ REGISTRY: dict[str, Renderer] = {
     "lm-gfa": lm.render_gfa,
     "prune": prune.render,
     "taper": taper.render,
+    "prune-depth": prune_depth.render,
+    "gfa-depth": gfa_depth.render,
     "throughput": speed.render_throughput,
     "parallel-single": speed.render_single,
     "parallel-distributed": speed.render_distributed,

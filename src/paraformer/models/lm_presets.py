@@ -118,7 +118,37 @@ def cost_presets(dims: tuple[int, ...] = COST_SIZES, depth: int = 8, context: in
     return table
 
 
+def deep_presets(dim: int = 64, context: int = 64) -> tuple[Table, dict[str, tuple[str, ParaLMConfig]]]:
+    """Deep, narrow models for pruning and gradient fan-in at depth (dim 64, 2 heads, FFN 256):
+    ``lm_uniform_l16`` / ``_l24``, their parameter-shared halves ``lm_shared_l16`` / ``_l24``
+    (8 or 12 blocks, the stack run twice: the same depth of computation with half the
+    parameters) and ``paraformer_lm_l16`` (8 branches of depth 2: the blocks of ``lm_uniform_l16``)."""
+    heads, mlp = dim // 32, 4 * dim
+    shared = dict(vocab_size=256, context=context, dim=dim, head_dim=32)
+    sequential: Table = {}
+    for depth in (16, 24):
+        where = f"dim {dim}, {heads} heads, FFN {mlp}, context {context}"
+        sequential[f"lm_uniform_l{depth}"] = (
+            f"uniform causal LM, {depth} layers: {where}",
+            LMConfig(**shared, depth=depth, heads=(heads,) * depth, mlp_dims=(mlp,) * depth),
+        )
+        half = depth // 2
+        sequential[f"lm_shared_l{depth}"] = (
+            f"parameter-shared repetition: {half} blocks run twice ({depth} applications): {where}",
+            LMConfig(**shared, depth=half, heads=(heads,) * half, mlp_dims=(mlp,) * half, repeat=2),
+        )
+    branched = {
+        "paraformer_lm_l16": (
+            f"ParaFormer-LM: 8 branches x depth 2, dim {dim}, {heads} heads, FFN {mlp}, context {context} "
+            "(the blocks of lm_uniform_l16)",
+            ParaLMConfig(**shared, heads=heads, mlp_dim=mlp, num_branches=8, branch_depth=2),
+        )
+    }
+    return sequential, branched
+
+
 _SMALL = scale_presets("small", dim=128, depth=8, heads=4, context=128)
+_DEEP = deep_presets()
 _BASE = scale_presets("base", dim=384, depth=8, heads=6, context=256, head_dim=64)
-SEQUENTIAL_PRESETS: Table = {**_SMALL[0], **_BASE[0], **cost_presets()}
-PARAFORMER_LM_PRESETS: dict[str, tuple[str, ParaLMConfig]] = {**_SMALL[1], **_BASE[1]}
+SEQUENTIAL_PRESETS: Table = {**_SMALL[0], **_BASE[0], **cost_presets(), **_DEEP[0]}
+PARAFORMER_LM_PRESETS: dict[str, tuple[str, ParaLMConfig]] = {**_SMALL[1], **_BASE[1], **_DEEP[1]}
