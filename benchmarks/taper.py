@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,9 +115,21 @@ def throughput_ratios(args: argparse.Namespace, size: int) -> dict[str, Any]:
         train_steps=2,
         prefill_repeats=1,
     )
+    per_round = {n: r["models"][n]["rounds"]["train_tokens_per_s"] for n in names}
     out = {
         "ratio": {n: r["models"][n]["speedup"]["train_tokens_per_s"] for n in names[1:]},
-        "train_tokens_per_s": {n: r["models"][n]["rounds"]["train_tokens_per_s"] for n in names},
+        "geometric_mean_ratio": {
+            n: math.exp(
+                statistics.fmean(
+                    math.log(a / b) for a, b in zip(per_round[n], per_round[names[0]], strict=True)
+                )
+            )
+            for n in names[1:]
+        },
+        "flops_ratio": {
+            n: models[names[0]].flops_per_token() / models[n].flops_per_token() for n in names[1:]
+        },
+        "train_tokens_per_s": per_round,
         "load": {"before": before, "after": load_now()},
         "rounds": args.ratio_rounds,
     }
@@ -229,7 +243,9 @@ def main() -> None:
     parser.add_argument("--warmup-fraction", type=float, default=0.1)
     parser.add_argument("--eval-interval", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5, help="speed: rounds per seed, models taking turns")
-    parser.add_argument("--ratio-rounds", type=int, default=7, help="equal-time sizing: rounds")
+    parser.add_argument(
+        "--ratio-rounds", type=int, default=25, help="equal-time sizing: rounds (the median of their ratios)"
+    )
     parser.add_argument("--decode-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "runs/bench-taper"))

@@ -238,7 +238,12 @@ def _protocol(record: dict[str, Any]) -> str:
     size = main_size(record)
     tokens = c["steps"] * c["batch_size"] * c["seq_len"]
     thr = record["payload"]["sizes"][str(size)].get("throughput") or {}
-    ratios = ", ".join(f"{k} {v:.3f}" for k, v in (thr.get("ratio") or {}).items())
+    geo, fl = thr.get("geometric_mean_ratio") or {}, thr.get("flops_ratio") or {}
+    ratios = ", ".join(
+        f"{k} {v:.3f}"
+        + (f" (geometric mean {geo[k]:.3f}; FLOP ratio {fl[k]:.3f})" if k in geo and k in fl else "")
+        for k, v in (thr.get("ratio") or {}).items()
+    )
     load = thr.get("load") or {}
     speed = next(iter(record["payload"]["sizes"][str(size)].get("speed", {}).values()), {})
     s = speed.get("settings", {})
@@ -249,7 +254,8 @@ def _protocol(record: dict[str, Any]) -> str:
         f"tokens) for every model; AdamW lr {c['lr']:g}, warmup {c['warmup_fraction']:.0%} of each arm's own "
         f"steps then cosine to 1%, weight decay 0.1, grad clip 1, fp32, one thread; evaluation every "
         f"{c['eval_interval']} steps, the best validation checkpoint tested. Equal time: each cheaper arm "
-        f"trains {c['steps']} x r steps, r = its training tokens/s over uniform's, measured side by side "
+        f"trains {c['steps']} x r steps, r = the median over rounds of its training tokens/s over uniform's "
+        "in the same round, measured side by side "
         f"before training ({thr.get('rounds', '?')} rounds, models taking turns, batch {c['batch_size']}; "
         f"load {(load.get('before') or ['?'])[0]} -> {(load.get('after') or ['?'])[0]}): {ratios}. Speed: "
         f"each seed's trained equal-token models taking turns, {s.get('rounds', '?')} rounds per seed, "
