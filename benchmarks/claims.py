@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.protocol import LOSS, WIN, by_round, paired, paired_ratio
-from benchmarks.render import accuracy, compression, continual, lm, prune, speed
+from benchmarks.render import (
+    accuracy,
+    compression,
+    continual,
+    lm,
+    prune,
+    prune_depth,
+    speed,
+    taper,
+)
 from benchmarks.render.common import Compared
 
 REPRODUCED = "reproduced"
@@ -115,6 +124,20 @@ class Comparable:
 
 
 @dataclass(frozen=True)
+class NotWorse:
+    """'Matches' = not significantly worse: a loss contradicts it; a tie or a win reproduces it."""
+
+    name = "not worse"
+    text: str = "no loss (the 95% interval reaches 0 or the better side): reproduced; a loss: contradicted"
+
+    def verdict(self, ev: Evidence) -> str:
+        c = ev.compared[0].result
+        if c.n < 2:
+            return NOT_AT_SCALE
+        return CONTRADICTED if c.verdict == LOSS else REPRODUCED
+
+
+@dataclass(frozen=True)
 class WithinReach:
     """A compression ratio: untestable when the model cannot be cut that far, else the smallest model
     must not lose to the full one."""
@@ -206,6 +229,16 @@ def _cascade_ppl(record: dict[str, Any]) -> Evidence:
     )
 
 
+def _taper_ppl(record: dict[str, Any]) -> Evidence:
+    arm = MAIN_TAPER
+    c = taper.comparisons(record).get(f"ppl-{arm}")
+    uniform = list(taper.ppl(record, "lm_uniform_small").values())
+    return Evidence(
+        _short(c, f"test perplexity, {arm} ({taper.flops_cut(record, arm):.0%} fewer FLOPs) - uniform"),
+        {"reference": sum(uniform) / max(len(uniform), 1)},
+    )
+
+
 def _per_round(metric: str, a: str, b: str, better: str, label: str) -> Callable[[dict], Evidence]:
     def evidence(record: dict[str, Any]) -> Evidence:
         arms = record["payload"]["per_round"][metric]
@@ -239,6 +272,8 @@ def _all(comparisons: Callable[[dict], dict[str, Compared]], keys: dict[str, str
 
 
 HEURISTICS = ("magnitude", "block-influence", "angular", "finercut", "random")
+MAIN_TAPER = "taper_attn_ffn_d128"  # our reading of CascadeFormer: heads and FFN taper, fewer FLOPs
+TEXTS = ("tinyshakespeare", "python-docs-topics")
 
 
 # ------------------------------------------------------------------------------ the claims
@@ -275,6 +310,9 @@ DIST = "python benchmarks/parallel.py --parts distributed"
 PRUNE = "python benchmarks/prune.py --reuse"
 LM = "python benchmarks/lm.py --data ../shared/datasets/text/tinyshakespeare.txt --reuse"
 LATENCY = "python benchmarks/latency.py (not written yet)"
+TAPER = "python benchmarks/taper.py --seeds 0 1 2 3 4 --reuse --threads 1"
+DEPTH = "python benchmarks/prune_depth.py --seeds 0 1 2 3 4 --reuse --threads 1"
+GFA_DEPTH = "python benchmarks/gfa_depth.py --reuse --threads 1"
 GPU = "a GPU launch of benchmarks/parallel.py (not written yet)"
 VIT_CLAIM = "outperforms a standard ViT on CIFAR-10, CIFAR-100 and Fashion-MNIST, by up to 2.39 points"
 SPEED_CLAIM = "multi-GPU deployment 3.30x (± 0.86) faster than FairScale's pipeline parallelism"
@@ -318,14 +356,20 @@ CLAIMS: list[Claim] = [
           "CascadeFormer reaches comparable perplexity to a uniform model at the same training budget",
           f"tapered vs uniform LM, equal parameters, steps and tokens, test perplexity, {PAIRED}",
           "lm-compare", "lm", LM, _cascade_ppl, Comparable(0.02)),
+    Claim(CASCADE, "comparable perplexity with fewer FLOPs",
+          "CascadeFormer reaches comparable perplexity to a uniform model at the same training budget",
+          f"heads-and-FFN taper with 30% fewer FLOPs vs uniform, equal tokens, test perplexity, {PAIRED}",
+          "taper", "taper", TAPER, _taper_ppl, Comparable(0.02)),
     Claim(CASCADE, "lower latency", "8.6% lower latency than the uniform model",
-          "batch-1 generation latency, tapered / uniform, paired by round", "lm-compare", "latency", LATENCY,
-          _per_round("latency_ms", "cascadeformer_small", "lm_uniform_small", "lower",
-                     "latency, CascadeFormer / uniform"), Reaches(1 - 0.086, "lower")),
+          "cached decoding at batch 1 (ms/token) of the trained models, heads-and-FFN taper / uniform, "
+          "paired by round", "taper", "taper", TAPER,
+          _per_round("decode_ms_per_token", MAIN_TAPER, "lm_uniform_small", "lower",
+                     "batch-1 decode latency, taper / uniform"), Reaches(1 - 0.086, "lower")),
     Claim(CASCADE, "higher throughput", "9.4% higher throughput than the uniform model",
-          "tokens/s, tapered / uniform, paired by round", "lm-compare", "latency", LATENCY,
-          _per_round("tokens_per_s", "cascadeformer_small", "lm_uniform_small", "higher",
-                     "throughput, CascadeFormer / uniform"), Reaches(1.094)),
+          "cached decoding at batch 32 (tokens/s), heads-and-FFN taper / uniform, paired by round", "taper",
+          "taper", TAPER,
+          _per_round("decode_tokens_per_s", MAIN_TAPER, "lm_uniform_small", "higher",
+                     "batch-32 decode throughput, taper / uniform"), Reaches(1.094)),
     Claim(CASCADE, "CascadeFlow beats the pruning heuristics on perplexity",
           "pruning by accumulated training gradient beats standard heuristics on perplexity",
           f"remove 2 of 8 layers, test perplexity unhealed, CascadeFlow vs each heuristic, {PAIRED}",
@@ -333,6 +377,22 @@ CLAIMS: list[Claim] = [
           _all(prune.comparisons, {f"ppl-unhealed-k2-{m}": f"perplexity, CascadeFlow - {m}"
                                    for m in HEURISTICS}),
           Beats()),
+    *(Claim(CASCADE, f"CascadeFlow beats the pruning heuristics on perplexity (16 layers, {t})",
+            "pruning by accumulated training gradient beats standard heuristics on perplexity",
+            f"remove 4 of 16 layers, test perplexity unhealed, CascadeFlow vs each layer heuristic, {PAIRED}",
+            f"prune-l16-{t}", f"prune-l16-{t}", DEPTH,
+            _all(prune_depth.comparisons, {f"flow-{m}-k4": f"perplexity, CascadeFlow - {m}"
+                                           for m in prune_depth.LAYER_METHODS}),
+            Beats())
+      for t in TEXTS),
+    *(Claim(CASCADE, f"CascadeFlow's ranking is more stable (16 layers, {t})",
+            "CascadeFlow's layer ranking is more stable than the heuristics'",
+            f"Spearman of the ranking, half-way vs final checkpoint, CascadeFlow vs each, {PAIRED}",
+            f"prune-l16-{t}", f"prune-l16-{t}", DEPTH,
+            _all(prune_depth.comparisons, {f"stability-{m}": f"stability, CascadeFlow - {m}"
+                                           for m in prune_depth.RANKED[1:]}),
+            Beats())
+      for t in TEXTS),
     Claim(CASCADE, "CascadeFlow's ranking is more stable",
           "CascadeFlow's layer ranking is more stable than the heuristics'",
           f"Spearman of the layer ranking, half-way vs final checkpoint, CascadeFlow vs each, {PAIRED}",
@@ -350,8 +410,9 @@ CLAIMS: list[Claim] = [
     Claim(CASCADE, "equalising gradients does not restore late layers; shared repetition does",
           "equalising per-layer gradient norms does not restore late layers; parameter-shared "
           "repetition does",
-          f"{LATE} with gradient equalisation or parameter-shared repetition vs uniform, {PAIRED}",
-          "lm-gfa", "taper", "python benchmarks/taper.py (not written yet)", _interventions, Interventions()),
+          f"{LATE} (share of skip importance in the last 25% of 16 blocks) with gradient equalisation or "
+          f"parameter-shared repetition vs uniform, {PAIRED}",
+          "gfa-depth", "gfa-depth", GFA_DEPTH, _interventions, Interventions()),
     *(Claim(OURS, f"fused training beats progressive at equal time ({ds})",
             "the fused prefix objective trains better than the authors' per-prefix schedule per second",
             f"fused mode given progressive's training time vs progressive, test accuracy, {PAIRED}",
@@ -363,6 +424,20 @@ CLAIMS: list[Claim] = [
             f"k = N/4 branches, greedy vs prefix, test accuracy, {PAIRED}",
             f"compression-{ds}", f"compression-{ds}", COMP.format(ds), _greedy, Beats())
       for ds in DATASETS),
+    Claim(OURS, "a taper beats the uniform model narrowed to its FLOPs",
+          "tapering width with depth beats simply shrinking every layer, at equal FLOPs and tokens",
+          f"heads-and-FFN taper vs the FLOP-matched narrow uniform model, test perplexity, {PAIRED}",
+          "taper", "taper", TAPER,
+          _pick(taper.comparisons, f"narrow-{MAIN_TAPER}", "test perplexity, taper - narrow uniform"),
+          Beats()),
+    *(Claim(OURS, f"sub-layer CascadeFlow matches FinerCut without calibration (16 layers, {t})",
+            "scoring attention and FFN sub-layers by accumulated training gradients matches FinerCut's "
+            "perplexity at 25% removal, with no calibration pass",
+            f"remove 4 of 16 layers' worth (8 sub-layers), test perplexity unhealed, {PAIRED}",
+            f"prune-l16-{t}", f"prune-l16-{t}", DEPTH,
+            _pick(prune_depth.comparisons, "sub-finercut-k4", "perplexity, cascadeflow-sub - finercut"),
+            NotWorse())
+      for t in TEXTS),
     Claim(OURS, "ParaFormer-LM beats the uniform LM",
           "parallel branches trained with the fused objective make a better causal LM at equal parameters",
           f"ParaFormer-LM vs uniform LM, equal parameters and budget, test perplexity, {PAIRED}",

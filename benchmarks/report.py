@@ -168,6 +168,40 @@ CHAPTERS: list[tuple[str, str, list[Slot]]] = [
             ),
         ],  # fmt: skip
     ),
+    (
+        "Tapers that cut cost, pruning at depth, gradient fan-in at depth",
+        "`benchmarks/taper.py` trains tapers with fewer FLOPs per token than the uniform model (FFN only, "
+        "heads and FFN, the residual width), their widening mirrors and a uniform model narrowed to the same "
+        "FLOPs, at equal tokens and equal time, and times the trained models; `benchmarks/prune_depth.py` "
+        "prunes 16-layer models on two texts, sub-layer CascadeFlow included; `benchmarks/gfa_depth.py` "
+        "measures gradient fan-in at 16 and 24 layers with gradient equalisation and shared repetition.",
+        [
+            Slot(
+                "taper",
+                "taper",
+                "taper",
+                "Tapers that cut cost",
+                "python benchmarks/taper.py --seeds 0 1 2 3 4 --reuse --threads 1",
+            ),
+            *(
+                Slot(
+                    f"prune-l16-{t}",
+                    "prune-depth",
+                    f"prune-l16-{t}",
+                    f"Pruning 16 layers ({t})",
+                    f"python benchmarks/prune_depth.py --texts {t} --seeds 0 1 2 3 4 --reuse --threads 1",
+                )
+                for t in ("tinyshakespeare", "python-docs-topics")
+            ),
+            Slot(
+                "gfa-depth",
+                "gfa-depth",
+                "gfa-depth",
+                "Gradient fan-in at depth",
+                "python benchmarks/gfa_depth.py --reuse --threads 1",
+            ),
+        ],  # fmt: skip
+    ),
 ]
 SLOTS = [slot for _, _, slots in CHAPTERS for slot in slots]
 

@@ -9,7 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.render import accuracy, compression, continual, defaults, lm, prune, speed
+from benchmarks.render import (
+    accuracy,
+    compression,
+    continual,
+    defaults,
+    gfa_depth,
+    lm,
+    prune,
+    prune_depth,
+    speed,
+    taper,
+)
 from benchmarks.render.common import Section
 
 Renderer = Callable[[dict[str, Any]], Section]
@@ -22,6 +33,9 @@ REGISTRY: dict[str, Renderer] = {
     "lm-compare": lm.render_compare,
     "lm-gfa": lm.render_gfa,
     "prune": prune.render,
+    "taper": taper.render,
+    "prune-depth": prune_depth.render,
+    "gfa-depth": gfa_depth.render,
     "throughput": speed.render_throughput,
     "parallel-single": speed.render_single,
     "parallel-distributed": speed.render_distributed,

@@ -205,6 +205,35 @@ def width_schedule(mean: int, depth: int, start: float, end: float, what: str = 
     return tuple(widths)
 
 
+def taper_schedule(
+    full: int, depth: int, end: float, *, multiple: int = 1, stage: int = 1, minimum: int = 1, what: str
+) -> tuple[int, ...]:
+    """``depth`` widths falling linearly from ``full`` at the first layer to ``end * full`` at the last.
+
+    Every width is at most ``full``, so the tapered model is cheaper than the uniform one.
+    Each width is rounded to a multiple of ``multiple``; with ``stage`` > 1, each run of
+    ``stage`` consecutive layers shares one width (the mean of its linear widths), so a
+    residual-width taper changes width, and needs a projection, only between stages.
+    ``end`` > 1 is refused (that is a widening, the reverse of a taper). A width below
+    ``minimum`` (one head: 1 for a head count, ``head_dim`` for a residual width) is an error.
+    """
+    require(depth >= 1 and stage >= 1 and multiple >= 1, "depth, stage and multiple must be >= 1.")
+    require(0 < end <= 1, f"a taper ends at a fraction in (0, 1] of the full {what}, got {end!r}.")
+    linear = [full * (1 - (1 - end) * (i / (depth - 1) if depth > 1 else 0.0)) for i in range(depth)]
+    widths = []
+    for first in range(0, depth, stage):
+        group = linear[first : first + stage]
+        width = min(full, multiple * round(sum(group) / len(group) / multiple))
+        widths += [width] * len(group)
+    for layer, w in enumerate(widths):
+        require(
+            w >= minimum,
+            f"the {what} taper 1x -> {end:g}x of {full} makes layer {layer} {w} wide, narrower than one "
+            f"head ({minimum}); taper less steeply or use a smaller head.",
+        )
+    return tuple(widths)
+
+
 @dataclass(frozen=True)
 class LMBaseConfig(ModelConfig):
     """What every language model shares: vocabulary, context, residual width, head size."""
@@ -229,6 +258,13 @@ class LMConfig(LMBaseConfig):
     ``heads[l]`` and ``mlp_dims[l]`` are layer l's head count (each ``head_dim`` wide)
     and FFN width; both lists hold one value per layer. ``no_attn``/``no_mlp`` list the
     layers whose attention or FFN sub-layer was pruned away (FinerCut-style).
+
+    ``dims`` (optional, one per layer) gives each layer its own residual width: a bias-free
+    Linear maps the residual stream wherever consecutive widths differ, from the embedding
+    width ``dim`` into the first layer and from the last layer back to ``dim`` for the
+    final norm and the tied head. Empty: every layer is ``dim`` wide. ``repeat`` > 1 runs
+    the whole stack that many times with the same parameters (parameter-shared repetition:
+    blocks 1..L, then 1..L again).
     """
 
     family: ClassVar[str] = "lm"
@@ -238,10 +274,29 @@ class LMConfig(LMBaseConfig):
     mlp_dims: tuple[int, ...] = (512,) * 8
     no_attn: tuple[int, ...] = ()
     no_mlp: tuple[int, ...] = ()
+    dims: tuple[int, ...] = ()
+    repeat: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require_positive(self, "depth", limit=4096)
+        require_positive(self, "repeat", limit=64)
+        if self.dims:
+            require(
+                len(self.dims) == self.depth,
+                f"dims lists {len(self.dims)} residual width(s) but depth is {self.depth}; give one per "
+                "layer (or none: every layer is dim wide).",
+            )
+            for layer, w in enumerate(self.dims):
+                require(
+                    self.head_dim <= w <= MAX_SIZE,
+                    f"dims[{layer}] is {w}: layer {layer} would be narrower than one head (head_dim "
+                    f"{self.head_dim}); taper the residual width less steeply.",
+                )
+            require(
+                self.repeat == 1 or set(self.dims) == {self.dim},
+                "parameter-shared repetition (repeat > 1) needs one residual width; drop dims or repeat.",
+            )
         for name in ("heads", "mlp_dims"):
             values = getattr(self, name)
             require(
@@ -266,6 +321,11 @@ class LMConfig(LMBaseConfig):
     @property
     def num_layers(self) -> int:
         return self.depth
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The residual width of every layer (``dims``, or ``dim`` everywhere)."""
+        return self.dims or (self.dim,) * self.depth
 
 
 @dataclass(frozen=True)

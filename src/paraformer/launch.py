@@ -16,6 +16,7 @@ path that was measured.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +34,7 @@ from paraformer.models import build_model, count_params
 from paraformer.parallel.apply import apply_execution, branch_path
 from paraformer.parallel.distributed import DistributedContext, init_from_env
 from paraformer.tasks import TaskDef, open_run, task_for_config
-from paraformer.train.grad_stats import GradientStats
+from paraformer.train.grad_stats import GradientEqualizer, GradientStats
 from paraformer.train.hooks import Hook
 from paraformer.train.loop import Trainer
 from paraformer.train.objectives import Distillation, Objective, ObjectivePart, make_objective
@@ -173,8 +174,12 @@ def place_model(setup: Setup, ctx: DistributedContext | None, branch_exec: str, 
 
 
 def run_hooks(setup: Setup, ctx: DistributedContext | None, hooks: Sequence[Hook]) -> list[Hook]:
-    """The distributed hook first, the caller's next, per-layer statistics last (after any reduction)."""
-    stats = [GradientStats(reduce=ctx.sum_over_branches if ctx else None)] if setup.cfg.grad_stats else []
+    """The distributed hook first, the caller's next, per-layer statistics (and the gradient
+    equaliser) last, after any reduction."""
+    reduce = ctx.sum_over_branches if ctx else None
+    stats = [GradientStats(reduce=reduce)] if setup.cfg.grad_stats else []
+    # After the statistics: they record the natural gradients, the equaliser then rescales them.
+    stats += [GradientEqualizer(reduce=reduce)] if getattr(setup.cfg, "equalize_grads", False) else []
     return ([DistributedHook(ctx)] if ctx is not None else []) + list(hooks) + stats
 
 
@@ -366,9 +371,12 @@ def resumed_config(
     recorded = state.get("train_config_json")
     if isinstance(recorded, str):
         before, now = json.loads(recorded), cfg.to_dict()
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
         for key in sorted(set(before) | set(now)):
             if key in RESUMABLE_FIELDS + RELOCATION_FIELDS or before.get(key) == now.get(key):
                 continue
+            if key not in before and now.get(key) == defaults.get(key):
+                continue  # a setting added after this run was saved, at its default
             raise ConfigError(
                 f"{out_dir}/config.json has {key}={json.dumps(now.get(key))} but the run was trained with "
                 f"{key}={json.dumps(before.get(key))}; --resume continues with the run's own settings: undo "

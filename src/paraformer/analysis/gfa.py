@@ -7,7 +7,9 @@ adds ``1 + (k - l)`` paths for each k >= l, so fan-in is ``m (m + 1) / 2`` with
 ``m = L - l + 1``: quadratic in the distance from the top. In ParaFormer-LM every
 branch has the same depth d, so within a branch layer j has ``1 + (d - j)`` paths, and
 under prefix training (fused or progressive) branch i (0-based) of N is in ``N - i`` of
-the losses, which multiplies its layers' fan-in.
+the losses, which multiplies its layers' fan-in. With parameter-shared repetition (the
+stack run R times) a block's parameters sit at R positions of the R x L applications, and
+their fan-in is the sum over those positions: late blocks gain the most.
 
 ``analyse`` sets the theory beside the per-layer gradient norms accumulated during
 training and beside post-hoc importance (the validation loss increase when a layer is
@@ -34,9 +36,13 @@ def theoretical_fan_in(
 ) -> list[float]:
     """Paths from each layer to the loss(es), in ``model.layers()`` order."""
     if cfg.family == "lm":
-        depth = cfg.depth
-        m = [depth - i for i in range(depth)]  # L - l + 1 for 0-based i
-        return [k * (k + 1) / 2 if deep_supervision else float(k) for k in m]
+        depth, total = cfg.depth, cfg.depth * cfg.repeat
+        # A shared block's parameters collect the paths of each of its applications.
+        out = []
+        for i in range(depth):
+            m = [total - (r * depth + i) for r in range(cfg.repeat)]  # applications from there to the top
+            out.append(float(sum(k * (k + 1) / 2 if deep_supervision else k for k in m)))
+        return out
     n, d = cfg.num_branches, cfg.branch_depth
     losses = [n - i if mode in ("fused", "progressive") else 1 for i in range(n)]
     return [float(losses[i] * (d - j)) for i in range(n) for j in range(d)]

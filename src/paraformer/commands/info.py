@@ -98,7 +98,12 @@ def _info(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(f"  {info['num_layers']} blocks in sequence")
+        cfg = info["config"]
+        repeat = (
+            f", the stack run {cfg['repeat']} times (shared parameters)" if cfg.get("repeat", 1) > 1 else ""
+        )
+        widths = f"; residual widths {list(cfg['dims'])}" if cfg.get("dims") else ""
+        print(f"  {info['num_layers']} blocks in sequence{repeat}{widths}")
     _print_summary(info.get("summary"))
     return 0
 

@@ -192,7 +192,8 @@ class CausalLMBase(nn.Module):
         of attention width), as is usual, not only the causal half.
         """
         t = self.cfg.context
-        return count_flops(self, self.example_input(1, t), tokens=t, dim=self.attention_width(), layers=1)
+        width = self.attention_width() * getattr(self.cfg, "repeat", 1)  # every application attends
+        return count_flops(self, self.example_input(1, t), tokens=t, dim=width, layers=1)
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token at the full context: ``flops() / context``.
@@ -211,14 +212,23 @@ class CausalLMBase(nn.Module):
 
 @register_model("lm", config=LMConfig, modality="text", presets=SEQUENTIAL_PRESETS)
 class CausalLM(CausalLMBase):
-    """Uniform, tapered (CascadeFormer) or widening LM: ``depth`` blocks, each its own width."""
+    """Uniform, tapered (CascadeFormer) or widening LM: ``depth`` blocks, each its own width.
+
+    With per-layer residual widths (``cfg.dims``) a bias-free Linear in ``transitions``
+    maps the stream where the width changes: key ``"i"`` before block i (``"0"``: from the
+    embedding), ``"out"`` after the last block back to the embedding width, so the final
+    norm and the tied head read ``dim`` as usual. Transitions sit on the identity path, so
+    they are not part of any layer in ``layers()``. With ``cfg.repeat`` = R the blocks run
+    R times in order with shared parameters; each run of a block is one *application*.
+    """
 
     def __init__(self, cfg: LMConfig) -> None:
         super().__init__(cfg)
         no_attn, no_mlp = set(cfg.no_attn), set(cfg.no_mlp)
+        widths = cfg.widths
         self.blocks = nn.ModuleList(
             Block(
-                cfg.dim,
+                widths[i],
                 cfg.heads[i],
                 cfg.mlp_dims[i],
                 head_dim=cfg.head_dim,
@@ -229,30 +239,95 @@ class CausalLM(CausalLMBase):
             )
             for i in range(cfg.depth)
         )
+        self.transitions = nn.ModuleDict()
+        for key, (d_in, d_out) in transition_shapes(cfg).items():
+            self.transitions[key] = nn.Linear(d_in, d_out, bias=False)
         self._init_weights()
+        for t in self.transitions.values():
+            # Orthogonal, so the stream keeps its per-coordinate scale across a change of width.
+            nn.init.orthogonal_(t.weight, gain=math.sqrt(max(1.0, t.out_features / t.in_features)))
 
     def layers(self) -> list[nn.Module]:
         return list(self.blocks)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty key/value cache: one entry per block application (``depth * repeat``)."""
+        return KVCache(batch_size, self.cfg.context, self.cfg.depth * self.cfg.repeat)
+
+    def applications(self) -> list[tuple[int, int]]:
+        """``(cache entry, block index)`` of every block application, in order."""
+        depth = self.cfg.depth
+        return [(r * depth + i, i) for r in range(self.cfg.repeat) for i in range(depth)]
+
+    def enter(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        """The stream as block i reads it: through the transition before it, if any."""
+        t = self.transitions[str(i)] if str(i) in self.transitions else None
+        return h if t is None else t(h)
+
+    def leave(self, h: torch.Tensor, after: int = -1) -> torch.Tensor:
+        """(..., T, D_after) -> (..., T, dim): the stream after block ``after`` (default the last)
+        carried to the head through every later transition (the later blocks skipped)."""
+        after = after % self.cfg.depth
+        for i in range(after + 1, self.cfg.depth):
+            h = self.enter(h, i)
+        return self.transitions["out"](h) if "out" in self.transitions else h
 
     def body(
         self, h: torch.Tensor, branches: BranchSelection = None, cache: KVCache | None = None
     ) -> torch.Tensor:
         if branches is not None:
             raise ConfigError("a sequential LM has no branches; call it without branches=.")
-        for i, block in enumerate(self.blocks):
-            h = block(h, cache, i)
-        return h  # (B, T, D)
+        for entry, i in self.applications():
+            h = self.blocks[i](self.enter(h, i), cache, entry)  # (B, T, D_i)
+        return self.leave(h)  # (B, T, D)
+
+    def block_io(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (input, output) residual streams of every block application, (B, T, D_i) each."""
+        pairs = []
+        h = self.embed(idx)
+        for _, i in self.applications():
+            h_in = self.enter(h, i)
+            h = self.blocks[i](h_in)
+            pairs.append((h_in, h))
+        return pairs
 
     def hidden_states(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """The residual stream entering each block and leaving the last: depth + 1 of (B, T, D)."""
-        states = [self.embed(idx)]
-        for block in self.blocks:
-            states.append(block(states[-1]))
-        return states
+        """The residual stream entering each block and leaving the last: depth + 1 of (B, T, D).
+
+        Only for a plain stack (one width, no repetition): otherwise use ``block_io``.
+        """
+        if self.transitions or self.cfg.repeat > 1:
+            raise ConfigError(
+                "hidden_states needs one residual width and no repetition; use block_io for this model."
+            )
+        pairs = self.block_io(idx)
+        return [pairs[0][0], *(out for _, out in pairs)]
 
     def layer_logits(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (L, B, T, V): the head read after every block (deep supervision)."""
-        return torch.stack([self.readout(h) for h in self.hidden_states(idx)[1:]])
+        """(B, T) -> (L, B, T, V): the head read after every block (deep supervision).
+
+        With a residual taper, the stream after block l reaches the head through the later
+        transitions (what the model computes with the later blocks skipped).
+        """
+        if self.cfg.repeat > 1:
+            raise ConfigError(
+                "deep supervision reads the head after each layer; a parameter-shared repeated stack "
+                "runs each layer several times: train it without --deep-supervision."
+            )
+        pairs = self.block_io(idx)
+        return torch.stack([self.readout(self.leave(out, i)) for i, (_, out) in enumerate(pairs)])
+
+
+def transition_shapes(cfg: LMConfig) -> dict[str, tuple[int, int]]:
+    """Where a residual-width model needs a projection: ``{"i" | "out": (width in, width out)}``."""
+    shapes, prev = {}, cfg.dim
+    for i, w in enumerate(cfg.widths):
+        if w != prev:
+            shapes[str(i)] = (prev, w)
+        prev = w
+    if prev != cfg.dim:
+        shapes["out"] = (prev, cfg.dim)
+    return shapes
 
 
 @register_model("paraformer_lm", config=ParaLMConfig, modality="text", presets=PARAFORMER_LM_PRESETS)

@@ -18,6 +18,7 @@ from torch import nn
 from paraformer.config import LMConfig
 from paraformer.errors import ConfigError
 from paraformer.models import CausalLM, build_model, require_sequential_lm
+from paraformer.models.lm import transition_shapes
 
 BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 SUBLAYERS = {"attn": ("norm1.", "attn."), "mlp": ("norm2.", "mlp.")}
@@ -36,7 +37,13 @@ def prune_layers(
     model: nn.Module, *, layers: Iterable[int] = (), attn: Iterable[int] = (), mlp: Iterable[int] = ()
 ) -> CausalLM:
     """A new model without ``layers``, and without the attention (``attn``) / FFN (``mlp``)
-    sub-layers of the listed layers. A layer left with neither sub-layer is removed."""
+    sub-layers of the listed layers. A layer left with neither sub-layer is removed.
+
+    With per-layer residual widths, the width-changing projections around a removed layer
+    are multiplied into one (they are linear maps on the identity path, so the result is
+    still exactly the model with that layer skipped). Removing layers so that two layers
+    of one width would be joined through a change of width is refused. With repetition,
+    a removed block leaves every one of its applications."""
     model = require_sequential_lm(model, "pruning")
     cfg: LMConfig = model.cfg
     drop, no_attn, no_mlp = set(layers), set(cfg.no_attn) | set(attn), set(cfg.no_mlp) | set(mlp)
@@ -54,9 +61,12 @@ def prune_layers(
         mlp_dims=tuple(cfg.mlp_dims[i] for i in keep),
         no_attn=tuple(new_index[i] for i in keep if i in no_attn),
         no_mlp=tuple(new_index[i] for i in keep if i in no_mlp),
+        dims=tuple(cfg.dims[i] for i in keep) if cfg.dims else (),
     )
-    state = {}
+    state = joined_transitions(model, keep, new_cfg)
     for key, value in model.state_dict().items():
+        if key.startswith("transitions."):
+            continue
         match = BLOCK_KEY.match(key)
         if match is None:
             state[key] = value.clone()
@@ -73,6 +83,30 @@ def prune_layers(
     new.load_state_dict(state)
     param = next(model.parameters())
     return new.to(param.device).train(model.training)
+
+
+@torch.no_grad()
+def joined_transitions(model: CausalLM, keep: list[int], new_cfg: LMConfig) -> dict[str, torch.Tensor]:
+    """The pruned model's transition weights: the product of the old ones between kept layers."""
+    old = {key: t.weight.detach() for key, t in model.transitions.items()}
+    wanted = transition_shapes(new_cfg)
+    state, pending, new = {}, None, 0
+    for i in range(model.cfg.depth + 1):
+        key = str(i) if i < model.cfg.depth else "out"
+        if key in old:
+            pending = old[key] if pending is None else old[key] @ pending
+        if i < model.cfg.depth and i not in keep:
+            continue
+        new_key = str(new) if key != "out" else "out"
+        if pending is not None and new_key not in wanted:
+            raise ConfigError(
+                f"removing these layers would join two layers of residual width {pending.shape[0]} through "
+                "a change of width, which this config cannot hold; remove other layers (or sub-layers)."
+            )
+        if pending is not None:
+            state[f"transitions.{new_key}.weight"] = pending.clone()
+        pending, new = None, new + 1
+    return state
 
 
 def sublayer_names(model: nn.Module) -> list[tuple[int, str]]:
@@ -95,7 +129,8 @@ def skip_forward(model: CausalLM, idx: torch.Tensor, skip: Iterable[int]) -> tor
     """Reference: the logits of ``model`` with the blocks in ``skip`` left out of the stack."""
     skip = set(skip)
     h = model.embed(idx)
-    for i, block in enumerate(model.blocks):
+    for _, i in model.applications():
+        h = model.enter(h, i)
         if i not in skip:
-            h = block(h)
-    return model.readout(h)
+            h = model.blocks[i](h)
+    return model.readout(model.leave(h))

@@ -101,6 +101,11 @@ class LoopConfig:
         False, "a loss after every layer (sequential models that read out per layer: language models)"
     )
     grad_stats: bool = option(False, "accumulate per-layer gradient norms (GFA, CascadeFlow pruning)")
+    equalize_grads: bool = option(
+        False,
+        "rescale every layer's gradient to the mean per-layer norm before clipping (the GFA "
+        "intervention; models that list their layers: language models)",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
