@@ -1,431 +1,337 @@
-"""Continual learning on Split Fashion-MNIST and Split CIFAR-10 (issue 14, item 5).
+"""Continual learning on Split Fashion-MNIST and Split CIFAR-10, through the library (issue 23).
 
-Five tasks of two classes each, in class order (0,1), (2,3), ..., (8,9). After each
-task every method is tested on every task seen so far, giving the accuracy matrix
-``R[i, j]`` (task j after training task i) in two settings: class-incremental (one head,
-no task id: argmax over every class seen so far) and task-incremental (argmax over the
-task's two classes). Methods, on the same ParaFormer backbone, optimizer, lr, batch,
-epochs per task and augmentation:
+Five tasks of two classes each, in class order (0,1), (2,3), ..., (8,9). Every arm is a run
+of ``paraformer.continual.run_continual`` (what ``paraformer continual`` runs): one trainer,
+the methods as objective parts, no training loop here. After each task every arm is tested
+on every task so far: the accuracy matrix ``R[i, j]``, class-incremental (no task id: the
+argmax over every class seen so far) and task-incremental (the argmax over the task's classes).
 
-  expansion   ParaFormer expansion: per new task, ``--add-branches`` gated zero-init
-              branches are appended and the head grows by the task's classes; the old
-              branches (and the embedding) are frozen; progressive approximation on top
-              of the frozen sum (the prefix losses of the new branches only)
-  finetune    the whole model trained on each task in turn (lower bound)
-  replay      fine-tuning plus experience replay from a 200-image class-balanced buffer
-  lwf         Learning without Forgetting: cross-entropy plus distillation on the old
-              classes' logits of the model from the end of the previous task
-  joint       trained on all tasks' data seen so far at every stage (upper bound)
+Arms (``ARMS``), on the same ParaFormer backbone, initial weights per seed, data, optimizer,
+lr, batch and epochs per task:
 
-The lr and the epochs per task are chosen on validation data only (held-out 10% of the
-first two tasks' training images, joint training on those 4 classes, seed 0), never on
-test; test images are read only for the reported matrices.
+  finetune            the whole model on each task in turn (lower bound)
+  joint               the whole model on the data of every task so far (upper bound)
+  lwf                 Learning without Forgetting: distillation of the previous model's old classes
+  er, derpp           experience replay and DER++ with a 200-image memory
+  er-eq               experience replay given the bytes of ``expand``'s added parameters
+  expand              exemplar-free ParaFormer expansion (the library's defaults for --method expand)
+  expand-200          expansion with a 200-image memory
+  expand-200-no-*     the ablation: expand-200 without one part (aux head, distillation, weight
+                      aligning, gate learning-rate multiplier)
+  expand-plain        expansion as it was before issue 23 (no aux head, distillation, aligning, gate lr)
 
-    python benchmarks/continual.py --data-dir ../shared/datasets                  # recorded run
-    python benchmarks/continual.py --quick --no-write --data-dir ../shared/datasets  # smoke run
+The lr and the epochs per task are chosen on validation data only (``--choose``: joint
+training on the first two tasks, seed 0, the validation images held out of the training
+images), never on test; the choice is recorded and reused by later runs (``--reuse``).
 
-Every seed's accuracy matrices, figures and budget (optimizer steps, images seen, seconds)
-go to benchmarks/results/continual-<dataset>.json; ``python -m benchmarks.report`` renders them.
+    python benchmarks/continual.py --datasets fashion-mnist --data-dir ../shared/datasets --reuse
+    python benchmarks/continual.py --quick --no-write --data-dir ../shared/datasets   # smoke run
+
+Every seed's matrices, figures, memory and budget go to benchmarks/results/continual-<dataset>.json
+(written after every arm; ``--reuse`` keeps what is there); ``python -m benchmarks.report`` renders them.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks` package
 
 import torch
-import torch.nn.functional as F
 
-from benchmarks.protocol import budget, load_results, record_results, write_record
+from benchmarks.protocol import budget, load_now, load_results, record_results, write_record
 from benchmarks.render.continual import render as render_section
-from paraformer.analysis.continual import (
-    average_accuracy,
-    average_forgetting,
-    class_balanced_buffer,
-    class_splits,
-    distillation_loss,
-    masked_accuracy,
-    seen_classes,
-)
-from paraformer.continual import train_expansion
-from paraformer.data import ImageDataset, limit_dataset, load_dataset, train_val_split, transform_for
-from paraformer.models import create_model
+from paraformer.continual import ContinualConfig, resume_continual, run_continual
+from paraformer.continual.memory import sample_bytes
+from paraformer.continual.sequence import RUN_FILE
+from paraformer.models import build_model, count_params, get_config
 from paraformer.surgery import expand
 from paraformer.tasks.image import TrainConfig
-from paraformer.train.optim import make_optimizer
-from paraformer.train.schedule import warmup_cosine
 
-METHODS = ("expansion", "expansion-open", "finetune", "replay", "lwf", "joint")
 PRESETS = {"fashion-mnist": "paraformer_tiny_fmnist", "cifar10": "paraformer_tiny_cifar"}
-Log = Callable[[str], None]
+IMAGE = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+WITHOUT = {"aux_weight": 0.0, "distill": 0.0, "align": "none", "gate_lr": 1.0}
+ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "finetune": ("finetune", {}),
+    "lwf": ("lwf", {}),
+    "er": ("er", {"buffer": 200}),
+    "derpp": ("derpp", {"buffer": 200}),
+    "er-eq": ("er", {"buffer": "equal"}),  # sized from expand's added bytes
+    "expand": ("expand", {}),
+    "expand-200": ("expand", {"buffer": 200}),
+    "expand-200-no-aux": ("expand", {"buffer": 200, "aux_weight": 0.0}),
+    "expand-200-no-distill": ("expand", {"buffer": 200, "distill": 0.0}),
+    "expand-200-no-align": ("expand", {"buffer": 200, "align": "none"}),
+    "expand-200-no-gate-lr": ("expand", {"buffer": 200, "gate_lr": 1.0}),
+    "expand-plain": ("expand", dict(WITHOUT)),
+    "joint": ("joint", {}),
+}
+MAIN = ["finetune", "lwf", "er", "derpp", "er-eq", "expand", "expand-200", "expand-plain", "joint"]
 
 
-# ------------------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------------------ settings
 
 
-def task_data(
-    dataset: str, args: argparse.Namespace, seed: int
-) -> tuple[list[ImageDataset], list[ImageDataset], list[ImageDataset], Any, list[tuple[int, ...]]]:
-    """Per task: train, validation and test subsets, plus the batch transform and the class split."""
-    splits = load_dataset(dataset, args.data_dir, download=False, progress=False)
-    tasks = class_splits(splits.train.num_classes, 2)
-    trains, vals, tests = [], [], []
-    for k, classes in enumerate(tasks):
-        tr = splits.train.subset(
-            torch.nonzero(torch.isin(splits.train.labels, torch.tensor(classes))).flatten()
-        )
-        te = splits.test.subset(
-            torch.nonzero(torch.isin(splits.test.labels, torch.tensor(classes))).flatten()
-        )
-        tr = limit_dataset(tr, args.limit_train, seed=seed * 100 + k)
-        tr, va = train_val_split(tr, 0.1, seed=seed * 100 + k)
-        trains.append(tr)
-        vals.append(va)
-        tests.append(limit_dataset(te, args.limit_test, seed=k))  # the same test images for every seed
-    image_size = 28 if dataset == "fashion-mnist" else 32
-    return trains, vals, tests, transform_for(splits, image_size), tasks
-
-
-def concat(datasets: list[ImageDataset]) -> ImageDataset:
-    return ImageDataset(
-        torch.cat([d.images for d in datasets]), torch.cat([d.labels for d in datasets]), datasets[0].classes
-    )
-
-
-# ------------------------------------------------------------------------------------ models
-
-
-def backbone(dataset: str, args: argparse.Namespace, seed: int, num_classes: int = 10) -> torch.nn.Module:
-    """The initial model: the same weights for every method (a 2-class head grown to ``num_classes``).
-
-    Built first with the first task's 2 classes, so the baselines' 10-class head only adds
-    (masked) rows: every method starts task 1 from identical embedding, branches and seen rows.
-    """
-    torch.manual_seed(seed)
-    model = create_model(
-        PRESETS[dataset],
-        dim=args.dim,
-        heads=args.heads,
-        mlp_dim=4 * args.dim,
-        num_branches=args.branches,
-        branch_depth=args.branch_depth,
-        num_classes=2,
-    )
-    return model if num_classes == 2 else expand(model, 0, num_classes, seed=seed)
-
-
-def loop_config(args: argparse.Namespace, seed: int) -> TrainConfig:
-    """The library's training recipe at this benchmark's settings (every method trains by it)."""
+def train_config(
+    dataset: str, args: argparse.Namespace, lr: float, epochs: int, limit: int | None = None
+) -> TrainConfig:
+    """The training recipe every arm uses (per task: AdamW, warmup then cosine, batch, grad clip)."""
     return TrainConfig(
-        dataset="in-memory",
+        dataset=dataset,
+        data_dir=args.data_dir,
+        limit_train=limit or args.limit_train,
+        val_fraction=0.1,
+        model=PRESETS[dataset],
+        model_overrides={
+            "dim": args.dim,
+            "heads": args.heads,
+            "mlp_dim": 4 * args.dim,
+            "num_branches": args.branches,
+            "branch_depth": args.branch_depth,
+        },
         mode="fused",
-        epochs=args.epochs,
+        epochs=epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=lr,
         weight_decay=0.05,
-        warmup_epochs=args.warmup_epochs,
         grad_clip=1.0,
-        seed=seed,
-        branch_exec="loop",
         device="cpu",
-        val_fraction=0.0,
+        branch_exec="loop",
     )
 
 
-# ---------------------------------------------------------------------------------- training
+def added_bytes(dataset: str, args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """Bytes of the parameters ``expand`` with ``options`` adds over the sequence (branches, heads kept)."""
+    cfg = ContinualConfig(method="expand", **options)
+    model_cfg = get_config(PRESETS[dataset], **train_config(dataset, args, 1e-3, 1).model_overrides)
+    base = build_model(model_cfg.replace(num_classes=10))
+    grown = base
+    for _ in range(args.tasks - 1):
+        grown = expand(grown, cfg.get("add_branches"))
+    extra = count_params(grown) - count_params(base)
+    dim, c = model_cfg.dim, 10 // args.tasks
+    if cfg.get("routing") != "none":  # a copy of the head's norm and rows per task
+        extra += args.tasks * (2 * dim + c * (dim + 1))
+        if cfg.get("routing") == "aux":
+            extra += (args.tasks - 1) * (2 * dim + (c + 1) * (dim + 1))
+    return 4 * extra
 
 
-def prefix_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_seen: int) -> Any:
-    """Mean cross-entropy over the seen classes of every prefix (fused progressive approximation)."""
-    logits = model.prefix_logits(x)[..., :n_seen]  # (N, B, n_seen)
-    losses = torch.stack([F.cross_entropy(lk, y) for lk in logits])
-    return losses.mean(), logits[-1]
+def arm_config(arm: str, dataset: str, args: argparse.Namespace) -> ContinualConfig:
+    method, options = ARMS[arm]
+    options = dict(options)
+    if options.get("buffer") == "equal":
+        options["buffer"] = added_bytes(dataset, args, ARMS["expand"][1]) // sample_bytes(IMAGE[dataset])
+    return ContinualConfig(method=method, tasks=args.tasks, limit_test=args.limit_test, **options)
 
 
-def train_task(
-    model: torch.nn.Module,
-    data: ImageDataset,
-    n_seen: int,
-    args: argparse.Namespace,
-    transform: Any,
-    seed: int,
-    *,
-    buffer: ImageDataset | None = None,
-    teacher: torch.nn.Module | None = None,
-    n_old: int = 0,
-) -> tuple[int, int]:
-    """``epochs`` of AdamW on ``data`` (+ a replay batch from ``buffer``, + LwF on ``teacher``).
-
-    Returns (optimizer steps, images seen), replayed images included.
-    """
-    cfg = loop_config(args, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(model, cfg)  # AdamW, no decay on norms, biases, embeddings, gates
-    batches = math.ceil(len(data) / args.batch_size)
-    total, warmup, step = batches * args.epochs, round(args.warmup_epochs * batches), 0
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    seen = 0
-    for _ in range(args.epochs):
-        order = torch.randperm(len(data), generator=gen)
-        for i in range(0, len(order), args.batch_size):
-            idx = order[i : i + args.batch_size]
-            images, labels = data.images[idx], data.labels[idx]
-            if buffer is not None and len(buffer):
-                pick = torch.randint(0, len(buffer), (args.replay_batch,), generator=gen)
-                images = torch.cat([images, buffer.images[pick]])
-                labels = torch.cat([labels, buffer.labels[pick]])
-            seen += len(images)
-            x = transform(images, train=True, generator=gen)
-            loss, logits = prefix_loss(model, x, labels, n_seen)
-            if teacher is not None and n_old:
-                with torch.no_grad():
-                    old = teacher(x)[:, :n_old]
-                loss = loss + args.lwf_weight * distillation_loss(
-                    logits[:, :n_old], old, args.lwf_temperature
-                )
-            for group in opt.param_groups:
-                group["lr"] = warmup_cosine(step, total, warmup, cfg.lr, cfg.min_lr_ratio)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-    return step, seen
+# ------------------------------------------------------------------------------------ running
 
 
-@torch.no_grad()
-def logits_of(model: torch.nn.Module, data: ImageDataset, transform: Any) -> torch.Tensor:
-    model.eval()
-    out = [model(transform(data.images[i : i + 500], train=False)) for i in range(0, len(data), 500)]
-    model.train()
-    return torch.cat(out)
+def flat(result: dict[str, Any]) -> dict[str, Any]:
+    """One seed of one arm as the raw file keeps it: test matrices and figures, validation figures."""
+    test = result["test"]
+    out = {k: v for k, v in test.items()}
+    if "val" in result:
+        out["val"] = {k: v for k, v in result["val"].items() if not isinstance(v, list)}
+    for key in ("params", "branches", "memory", "gates", "align_gamma", "train_seconds"):
+        out[key] = result[key]
+    b = result["budget"]
+    out["budget"] = budget(
+        optimizer_steps=b["optimizer_steps"],
+        seen=b["images_seen"],
+        train_seconds=b["train_seconds"],
+        load={"end": load_now()},
+    )
+    return out
 
 
-def evaluate(
-    model: torch.nn.Module, tests: list[ImageDataset], tasks: list[tuple[int, ...]], upto: int, transform: Any
-) -> tuple[list[float], list[float]]:
-    """Class-IL and task-IL accuracy on tasks ``0..upto`` after training task ``upto``."""
-    seen = seen_classes(tasks, upto)
-    cil, til = [], []
-    for j in range(upto + 1):
-        logits = logits_of(model, tests[j], transform)
-        cil.append(masked_accuracy(logits, tests[j].labels, seen))
-        til.append(masked_accuracy(logits, tests[j].labels, tasks[j]))
-    return cil, til
-
-
-def run_method(
-    method: str, dataset: str, data: tuple, args: argparse.Namespace, seed: int, log: Log
+def run_arm(
+    arm: str, dataset: str, args: argparse.Namespace, seed: int, lr: float, epochs: int, log: Any
 ) -> dict[str, Any]:
-    """Train ``method`` through all tasks; its class-IL and task-IL matrices, size and time."""
-    trains, _, tests, transform, tasks = data
-    t_count = len(tasks)
-    cil = torch.full((t_count, t_count), float("nan"))
-    til = torch.full((t_count, t_count), float("nan"))
-    per_task = len(tasks[0])
-    expansion = method.startswith("expansion")
-    model = backbone(dataset, args, seed, per_task if expansion else 10)
-    buffer: ImageDataset | None = None
-    seconds, steps, seen = 0.0, 0, 0
-    gen = torch.Generator().manual_seed(seed)
-    for t in range(t_count):
-        n_seen = per_task * (t + 1)
-        begin = time.perf_counter()
-        if expansion and t:
-            # What users run: surgery.expand, then train_expansion (old branches and embedding frozen).
-            old_branches = model.num_branches
-            grown = expand(model, args.add_branches, n_seen, seed=seed * 1000 + t)
-            if method == "expansion-open":  # ablation: the new branches start fully on (output changes)
-                with torch.no_grad():
-                    for branch in list(grown.branches)[old_branches:]:
-                        branch.gate.fill_(1.0)
-            cfg = loop_config(args, seed * 1000 + t)
-            # as `paraformer expand --classes` does: the loss reads only the new task's logits
-            model, summary = train_expansion(
-                grown, old_branches, trains[t], transform=transform, cfg=cfg, loss_classes=list(tasks[t])
+    """One seed of one arm, in its resumable continual run folder under --runs."""
+    folder = Path(args.runs) / dataset / arm
+    cfg, tcfg = arm_config(arm, dataset, args), train_config(dataset, args, lr, epochs)
+    common = dict(log=log, keep_runs=False, first_task_from=Path(args.runs) / dataset / "finetune")
+    if (folder / RUN_FILE).is_file():
+        changes = {**cfg.to_dict(), **{k: v for k, v in tcfg.to_dict().items() if k != "model_overrides"}}
+        results = resume_continual(folder, seeds=[seed], changes=changes, **common)
+    else:
+        results = run_continual(cfg, tcfg, folder, seeds=[seed], **common)
+    return flat(results["seeds"][str(seed)])
+
+
+def choose(dataset: str, args: argparse.Namespace, log: Any) -> tuple[float, int, list[dict[str, Any]]]:
+    """(lr, epochs per task) by validation accuracy of joint training on the first two tasks, seed 0.
+
+    The smallest number of epochs within ``--converged`` points of the best validation accuracy
+    (at the best lr) is taken: training longer changes nothing measurable there.
+    """
+    table = []
+    limit = args.limit_train * 4 // 10  # the same images per class as the whole sequence
+    for lr in args.lrs:
+        for epochs in args.epoch_choices:
+            folder = Path(args.runs) / dataset / "choice" / f"lr{lr:g}-e{epochs}"
+            cfg = ContinualConfig(method="joint", tasks=2, classes_per_task=2)
+            tcfg = train_config(dataset, args, lr, epochs, limit)
+            if (folder / RUN_FILE).is_file():
+                r = resume_continual(folder, log=log, keep_runs=False, splits=("val",))
+            else:
+                r = run_continual(cfg, tcfg, folder, seeds=[0], log=log, keep_runs=False, splits=("val",))
+            acc = r["seeds"]["0"]["val"]["avg_acc_class_il"]
+            table.append(
+                {
+                    "lr": lr,
+                    "epochs": epochs,
+                    "val_acc": acc,
+                    "train_seconds": r["seeds"]["0"]["train_seconds"],
+                }
             )
-            check_frozen(grown, model, old_branches)
-            task_steps, task_seen = summary["steps"], len(trains[t]) * summary["epochs_completed"]
-        else:
-            task_steps, task_seen = train_task(
-                model,
-                concat(trains[: t + 1]) if method == "joint" else trains[t],
-                n_seen,
-                args,
-                transform,
-                seed * 1000 + t,
-                buffer=buffer if method == "replay" else None,
-                teacher=copy.deepcopy(model).eval() if method == "lwf" and t else None,
-                n_old=per_task * t,
-            )
-        seconds += time.perf_counter() - begin
-        steps, seen = steps + task_steps, seen + task_seen
-        if method == "replay":  # class-balanced: 200 / (classes seen) images per class
-            pool = concat([buffer, trains[t]]) if buffer is not None else trains[t]
-            buffer = pool.subset(class_balanced_buffer(pool.labels, args.buffer, gen))
-        c, k = evaluate(model, tests, tasks, t, transform)
-        cil[t, : t + 1], til[t, : t + 1] = torch.tensor(c), torch.tensor(k)
-        log(f"{method} seed {seed} task {t}: class-IL {fmt_row(c)} | task-IL {fmt_row(k)} ({seconds:.0f} s)")
-    return {
-        "class_il": cil.tolist(),
-        "task_il": til.tolist(),
-        "avg_acc_class_il": average_accuracy(cil),
-        "avg_acc_task_il": average_accuracy(til),
-        "forgetting_class_il": average_forgetting(cil),
-        "forgetting_task_il": average_forgetting(til),
-        "params": sum(p.numel() for p in model.parameters()),
-        "branches": model.num_branches,
-        "stored_images": len(buffer) if buffer is not None else 0,
-        "gates": [round(float(b.gate.detach()), 4) for b in model.branches if b.gate is not None],
-        "train_seconds": seconds,
-        "budget": budget(optimizer_steps=steps, seen=seen, train_seconds=seconds),
-    }
-
-
-def check_frozen(before: torch.nn.Module, after: torch.nn.Module, old_branches: int) -> None:
-    """The embedding and the old branches must come out of expansion training bit-identical."""
-    a, b = before.state_dict(), after.state_dict()
-    for key, value in a.items():
-        if key.startswith("embed.") or (
-            key.startswith("branches.") and int(key.split(".")[1]) < old_branches
-        ):
-            assert torch.equal(value, b[key]), f"expansion training changed the frozen weight {key}"
-
-
-def fmt_row(values: list[float]) -> str:
-    return " ".join(f"{100 * v:5.1f}" for v in values)
-
-
-# ------------------------------------------------------------------------ validation choice
-
-
-def choose_lr_epochs(dataset: str, args: argparse.Namespace, log: Log) -> tuple[float, int]:
-    """(lr, epochs) by validation accuracy of joint training on the first two tasks, seed 0."""
-    trains, vals, _, transform, tasks = task_data(dataset, args, seed=0)
-    data, val = concat(trains[:2]), concat(vals[:2])
-    n_seen = len(seen_classes(tasks, 1))
-    best: tuple[float, float, int] = (-1.0, args.lrs[0], 1)
-    for epochs in sorted(args.epoch_choices):  # one run per choice: the schedule spans its epochs
-        for lr in args.lrs:
-            model = backbone(dataset, args, seed=0)
-            trial = argparse.Namespace(**{**vars(args), "lr": lr, "epochs": epochs})
-            train_task(model, data, n_seen, trial, transform, seed=0)
-            acc = masked_accuracy(logits_of(model, val, transform), val.labels, range(n_seen))
-            log(f"choice {dataset}: lr {lr:g}, {epochs} epoch(s): validation accuracy {100 * acc:.2f}")
-            if acc > best[0] + 1e-9:  # ties go to fewer epochs, then the lr tried first
-                best = (acc, lr, epochs)
-    return best[1], best[2]
-
-
-# ------------------------------------------------------------------------------------- main
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=["fashion-mnist", "cifar10"], choices=list(PRESETS))
-    p.add_argument(
-        "--methods", nargs="+", default=[m for m in METHODS if m != "expansion-open"], choices=METHODS
+            log(f"choice {dataset}: lr {lr:g}, {epochs} epochs: validation accuracy {100 * acc:.2f}%")
+    best = max(table, key=lambda row: row["val_acc"])
+    at_lr = [row for row in table if row["lr"] == best["lr"]]
+    pick = min(
+        (row for row in at_lr if row["val_acc"] >= best["val_acc"] - args.converged / 100),
+        key=lambda r: r["epochs"],
     )
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--limit-train", type=int, default=1000, help="training images per task (10%% validation)")
-    p.add_argument("--limit-test", type=int, default=1000, help="test images per task")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="lr choices (validation)")
-    p.add_argument("--epoch-choices", type=int, nargs="+", default=[2, 3], help="epochs per task choices")
-    p.add_argument("--lr", type=float, default=None, help="skip the validation choice: use this lr")
-    p.add_argument("--epochs", type=int, default=None, help="skip the validation choice: these epochs")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="per task, then cosine decay")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--branches", type=int, default=4)
-    p.add_argument("--branch-depth", type=int, default=2)
-    p.add_argument("--add-branches", type=int, default=1, help="branches expansion adds per new task")
-    p.add_argument("--buffer", type=int, default=200, help="replay buffer size (images)")
-    p.add_argument("--replay-batch", type=int, default=32, help="buffer images added to each batch")
-    p.add_argument("--lwf-weight", type=float, default=1.0)
-    p.add_argument("--lwf-temperature", type=float, default=2.0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 epoch, 1 seed, no choice")
-    p.add_argument(
-        "--add-to-recorded",
-        action="store_true",
-        help="run --methods with the recorded run's settings and seeds and merge them into its results",
-    )
-    p.add_argument(
-        "--render-only",
-        action="store_true",
-        help="with --add-to-recorded: run nothing, print the recorded section",
-    )
-    p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/ (a smoke run)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.seeds, args.limit_train, args.limit_test = args.seeds[:1], 60, 40
-        args.lr, args.epochs, args.dim, args.branches = args.lr or 1e-3, 1, 32, 2
-    return args
+    return pick["lr"], pick["epochs"], table
 
 
-def choice_text(args: argparse.Namespace) -> str:
-    return (
-        "chosen by validation accuracy of joint training on the first two tasks, seed 0, "
-        f"over lr {args.lrs} x epochs {args.epoch_choices}; test never read"
-    )
+SETTINGS = ("limit_train", "limit_test", "batch_size", "dim", "heads", "branches", "branch_depth", "tasks")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda line: print("   ", line, flush=True)  # noqa: E731
-    command = "python benchmarks/continual.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for dataset in args.datasets:
-        started = time.time()
         name = f"continual-{dataset}"
-        results: dict[int, dict[str, dict[str, Any]]] = {}
-        if args.add_to_recorded:  # same settings and seeds as the recorded run; these methods (re)run
-            saved = load_results(name)
-            if args.render_only:
-                print(render_section(saved).text, flush=True)
-                continue
-            methods = args.methods
-            args_d = argparse.Namespace(**{**saved["config"], "methods": methods})
-            payload = saved["payload"]
-            chosen_by, wall = payload.get("chosen_by", choice_text(args_d)), payload.get("wall_seconds", 0.0)
-            command = f"{saved['command']}; then {command}"
-            results = {int(seed): r for seed, r in payload["results"].items()}
-            args_d.seeds = sorted(results)
-        else:
-            wall = 0.0
-            chosen_by = "given on the command line"
-            args_d = args
-            if args.lr is None or args.epochs is None:
-                lr, epochs = choose_lr_epochs(dataset, args, log)
-                chosen_by = choice_text(args)
-                args_d = argparse.Namespace(
-                    **{**vars(args), "lr": args.lr or lr, "epochs": args.epochs or epochs}
+        saved = load_results(name) if args.reuse else None
+        if saved is not None and "arms" not in saved["payload"]:
+            saved = None  # a file of the earlier benchmark: start afresh
+        results: dict[str, dict[str, Any]] = {}
+        choice: dict[str, Any] = {}
+        wall = 0.0
+        if saved is not None:
+            differ = [k for k in SETTINGS if saved["config"].get(k) != getattr(args, k)]
+            if differ:
+                raise SystemExit(
+                    f"--reuse: {name} was recorded with other {differ}; use those or drop --reuse."
                 )
-        log(f"{dataset}: lr {args_d.lr:g}, {args_d.epochs} epoch(s) per task ({chosen_by})")
-        for seed in args_d.seeds:
-            data = task_data(dataset, args_d, seed)
-            for m in args_d.methods:
-                results.setdefault(seed, {})[m] = run_method(m, dataset, data, args_d, seed, log)
-        wall += time.time() - started
-        args_d.methods = [m for m in METHODS if all(m in r for r in results.values())]
-        payload = {"chosen_by": chosen_by, "wall_seconds": wall, "results": results}
-        skip = ("add_to_recorded", "render_only", "no_write")  # how this command ran, not the settings
-        config = {k: v for k, v in vars(args_d).items() if k not in skip}
-        record = record_results(name, payload, command=command, seeds=sorted(results), config=config)
-        print(render_section(record).text, flush=True)
-        if not args.no_write:
-            print(f"wrote {write_record(record)}; render BENCHMARKS.md with: python -m benchmarks.report")
+            results, choice = saved["payload"]["results"], saved["payload"]["choice"]
+            wall = saved["payload"].get("wall_seconds", 0.0)
+        started = time.time()
+        if args.lr is not None and args.epochs is not None:
+            choice = {
+                "lr": args.lr,
+                "epochs": args.epochs,
+                "chosen_by": "given on the command line",
+                "table": [],
+            }
+        elif not choice:
+            lr, epochs, table = choose(dataset, args, log)
+            choice = {
+                "lr": lr,
+                "epochs": epochs,
+                "table": table,
+                "chosen_by": f"validation accuracy of joint training on the first two tasks, seed 0, over lr "
+                f"{args.lrs} x epochs {args.epoch_choices}: the fewest epochs within {args.converged:g} "
+                "points of the best (at the best lr); test never read",
+            }
+        lr, epochs = choice["lr"], choice["epochs"]
+        log(f"{dataset}: lr {lr:g}, {epochs} epochs per task ({choice['chosen_by']})")
+        arms = {
+            a: {"method": ARMS[a][0], "options": arm_config(a, dataset, args).resolved()} for a in args.arms
+        }
+        for seed in args.seeds:
+            for arm in args.arms:
+                if arm in results.get(str(seed), {}):
+                    continue
+                t0 = time.time()
+                results.setdefault(str(seed), {})[arm] = run_arm(arm, dataset, args, seed, lr, epochs, log)
+                r = results[str(seed)][arm]
+                log(
+                    f"{dataset} seed {seed} {arm}: class-IL {100 * r['avg_acc_class_il']:.1f}%, task-IL "
+                    f"{100 * r['avg_acc_task_il']:.1f}%, forgetting {100 * r['forgetting_class_il']:.1f} "
+                    f"({time.time() - t0:.0f} s, load {load_now()})"
+                )
+                wall_now = wall + time.time() - started
+                record = save(name, args, arms, results, choice, wall_now, saved)
+        if args.seeds:
+            record = save(name, args, arms, results, choice, wall + time.time() - started, saved)
+            print(render_section(record).text, flush=True)
+
+
+def save(
+    name: str,
+    args: argparse.Namespace,
+    arms: dict,
+    results: dict,
+    choice: dict,
+    wall: float,
+    saved: dict | None,
+) -> dict:
+    all_arms = {**(saved["payload"]["arms"] if saved else {}), **arms}
+    payload = {
+        "arms": all_arms,
+        "choice": choice,
+        "chosen_by": choice["chosen_by"],
+        "wall_seconds": wall,
+        "results": results,
+    }
+    config = {
+        k: v for k, v in vars(args).items() if k not in ("reuse", "no_write", "datasets", "seeds", "arms")
+    }
+    config.update(lr=choice["lr"], epochs=choice["epochs"])
+    seeds = sorted(results, key=int)
+    record = record_results(name, payload, seeds=seeds, config=config)
+    if not args.no_write:
+        write_record(record)
+    return record
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["fashion-mnist", "cifar10"], choices=list(PRESETS))
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--runs", default="runs/continual-bench", help="folder of the arms' continual run folders")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    p.add_argument("--tasks", type=int, default=5)
+    p.add_argument(
+        "--limit-train", type=int, default=11112, help="training images in all (10%% held out for validation)"
+    )
+    p.add_argument(
+        "--limit-test", type=int, default=5000, help="test images in all (the same for every seed)"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3], help="lr choices (validation)")
+    p.add_argument("--epoch-choices", type=int, nargs="+", default=[2, 4, 8], help="epochs per task choices")
+    p.add_argument(
+        "--converged", type=float, default=0.5, help="points from the best that count as converged"
+    )
+    p.add_argument("--lr", type=float, default=None, help="skip the validation choice: use this lr")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="skip the validation choice: these epochs per task"
+    )
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--branches", type=int, default=4)
+    p.add_argument("--branch-depth", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reuse", action="store_true", help="keep the (seed, arm) results already recorded")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 epoch, 1 seed, no choice")
+    p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/ (a smoke run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.limit_train, args.limit_test = args.seeds[:1], 300, 200
+        args.lr, args.epochs, args.dim, args.branches = args.lr or 3e-3, 1, 32, 2
+        args.runs = str(Path(args.runs) / "quick")
+    return args
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import torch
 from paraformer.analysis.continual import (
     average_accuracy,
     average_forgetting,
+    backward_transfer,
     class_balanced_buffer,
     class_splits,
     distillation_loss,
@@ -85,36 +86,84 @@ def _bench_module():
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))  # the script imports machine.py and report.py beside it
-    try:
-        spec = importlib.util.spec_from_file_location("continual_bench", bench / "continual.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
+    spec = importlib.util.spec_from_file_location("continual_bench", bench / "continual.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("continual_bench", module)
+    spec.loader.exec_module(module)
     return module
 
 
-def test_benchmark_evaluate_fills_class_il_and_task_il_rows():
-    from paraformer.data import ImageDataset
+def test_backward_transfer_from_a_known_matrix():
+    r = torch.tensor([[0.9, NAN, NAN], [0.5, 0.8, NAN], [0.6, 0.4, 0.7]])
+    assert backward_transfer(r) == pytest.approx(((0.6 - 0.9) + (0.4 - 0.8)) / 2)
+    assert backward_transfer(torch.tensor([[0.7]])) == 0.0
 
+
+def test_benchmark_arms_are_library_configs_and_er_eq_gets_expansions_bytes():
     bench = _bench_module()
-
-    class Fixed(torch.nn.Module):  # always says class 9 > 3 > 1 > 0 > the rest
-        def forward(self, x):
-            row = torch.tensor([0.1, 0.5, 0.0, 2.0, 0, 0, 0, 0, 0, 9.0])
-            return row.expand(x.shape[0], 10)
-
-    tasks = class_splits(10, 2)
-    tests = [
-        ImageDataset(
-            torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([a, b]), [str(c) for c in range(10)]
-        )
-        for a, b in tasks
-    ]
-    identity = lambda images, train: images.float()  # noqa: E731
-    cil, til = bench.evaluate(Fixed(), tests, tasks, 1, identity)
-    assert cil == [0.0, 0.5]  # seen classes 0-3: predicts 3 everywhere
-    assert til == [0.5, 0.5]  # task (0, 1): predicts 1; task (2, 3): predicts 3
     args = bench.parse_args(["--quick"])
     assert args.seeds == [0] and args.epochs == 1 and args.lr is not None
+    args = bench.parse_args([])
+    assert args.limit_train >= 11_000 and len(args.seeds) >= 5  # >= 10,000 training images, >= 5 seeds
+    eq = bench.arm_config("er-eq", "fashion-mnist", args)
+    added = bench.added_bytes("fashion-mnist", args, {})
+    assert eq.method == "er" and eq.buffer == added // (28 * 28 + 8) and eq.buffer > 200
+    assert bench.arm_config("er-eq", "cifar10", args).buffer == added // (3 * 32 * 32 + 8)
+    # four added branches of depth 2 at dim 64 (one per new task)
+    block = 2 * 64 + 3 * 64 * 64 + 64 * 64 + 64 + 2 * 64 + 64 * 256 + 256 + 256 * 64 + 64  # qkv: no bias
+    assert added == 4 * 4 * (2 * block + 1)
+    assert bench.arm_config("expand-200-no-aux", "cifar10", args).get("aux_weight") == 0.0
+
+
+def _record(values):
+    """A synthetic raw record: arm -> per-seed class-IL accuracy (forgetting 1 - accuracy)."""
+    results = {}
+    for arm, accs in values.items():
+        for seed, acc in enumerate(accs):
+            m = [[0.9, None], [0.9 - acc / 2, acc]]
+            results.setdefault(str(seed), {})[arm] = {
+                "class_il": m,
+                "task_il": m,
+                "avg_acc_class_il": acc,
+                "avg_acc_task_il": acc,
+                "forgetting_class_il": 1 - acc,
+                "bwt_class_il": -acc,
+                "memory": {"total_bytes": 10, "stored_samples": 0, "added_params": 2},
+                "params": 100,
+                "gates": [[], [0.5]],
+                "train_seconds": 1.0,
+            }
+    config = dict(tasks=2, limit_train=100, limit_test=50, dim=8, heads=2, branches=2, branch_depth=1)
+    config.update(lr=1e-3, batch_size=8, epochs=1)
+    arms = {a: {"method": a, "options": {}} for a in values}
+    return {
+        "benchmark": "continual-fashion-mnist",
+        "command": "x",
+        "config": config,
+        "seeds": list(range(len(next(iter(values.values()))))),
+        "payload": {"arms": arms, "chosen_by": "test", "results": results},
+    }
+
+
+def test_render_states_each_aim_met_or_missed():
+    from benchmarks.render.continual import aims, render
+
+    good = _record(
+        {
+            "expand": [0.50, 0.52, 0.51, 0.53, 0.50],
+            "lwf": [0.20, 0.21, 0.20, 0.19, 0.20],
+            "expand-200": [0.70, 0.72, 0.71, 0.70, 0.73],
+            "er": [0.60, 0.61, 0.60, 0.62, 0.61],
+            "derpp": [0.70, 0.73, 0.70, 0.71, 0.72],
+            "finetune": [0.2, 0.2, 0.21, 0.2, 0.2],
+        }
+    )
+    verdicts = [met for _, met, _ in aims(good)]
+    assert verdicts[:2] == ["met", "met"]
+    assert (
+        verdicts[2] == "missed"
+    )  # expand forgets more than expand... than er / derpp (higher accuracy there)
+    bad = _record({"expand": [0.2, 0.21, 0.2], "lwf": [0.3, 0.31, 0.3]})
+    assert [met for _, met, _ in aims(bad)][:2] == ["missed", "not measured"]
+    text = render(good).text
+    assert "**met**" in text and "**missed**" in text and "expansion + 200 images" in text

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from paraformer.checkpoint import load_model, load_train_state, lock, prepare_out_dir
+from paraformer.checkpoint import TRAIN_STATE_FILE, load_model, load_train_state, lock, prepare_out_dir
 from paraformer.data.base import quiet
 from paraformer.errors import ConfigError, ParaformerError, TrainingError
 from paraformer.models import build_model, count_params
@@ -141,6 +141,7 @@ def build_objective(
                     temperature=part["temperature"],
                     classes=part.get("classes"),
                     source=part["teacher"],
+                    all_rows=bool(part.get("all_rows", False)),
                 )
             )
         else:
@@ -425,16 +426,23 @@ def train_setup(
     parts: Sequence[ObjectivePart] = (),
     log: Log = quiet,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train a prepared setup (in-memory data: a continual-learning task) in one process.
 
     Its folder cannot be resumed by ``resume`` (the data lives in memory only): the
-    command that made it continues it (``paraformer continual --resume``).
+    command that made it continues it (``paraformer continual --resume``) by calling this
+    again with the same setup, objective and parts and ``resume=True``, which continues
+    from the folder's training state when it has one.
     """
     out_dir = Path(out_dir)
     task = TaskDef.of(setup.task.name)
     with lock(out_dir):
-        prepare_out_dir(out_dir)
+        state = None
+        if resume and (out_dir / TRAIN_STATE_FILE).is_file():
+            state = load_train_state(out_dir)
+        else:
+            prepare_out_dir(out_dir)
         return _run(
             task,
             setup,
@@ -446,7 +454,7 @@ def train_setup(
             log,
             progress,
             (),
-            None,
+            state,
             None,
             parts,
             command=None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,56 @@ def average_forgetting(matrix: torch.Tensor) -> float:
     """Mean drop from each task's best accuracy to its final one (the last task excluded)."""
     f = forgetting(matrix)
     return float(f.mean()) if len(f) else 0.0
+
+
+def backward_transfer(matrix: torch.Tensor) -> float:
+    """Mean of ``R[T-1, j] - R[j, j]`` over the tasks before the last (Lopez-Paz & Ranzato 2017).
+
+    Negative when learning later tasks hurt earlier ones; 0 with a single task.
+    """
+    t = matrix.shape[0]
+    if t < 2:
+        return 0.0
+    return float(torch.stack([matrix[-1, j] - matrix[j, j] for j in range(t - 1)]).mean())
+
+
+def plot_accuracy_matrices(
+    panels: dict[str, list[list[float | None]]], path: Path, title: str = "", names: Sequence[str] = ()
+) -> None:
+    """Heatmaps of accuracy matrices (0-1, None above the diagonal), one panel per entry, to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (label, rows) in zip(axes[0], panels.items(), strict=True):
+        size = len(rows)
+        grid = [[math.nan if v is None else 100 * v for v in row] for row in rows]
+        ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+        for i in range(size):
+            for j in range(i + 1):
+                v = grid[i][j]
+                if v == v:
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="black" if v > 60 else "white",
+                    )
+        ticks = [names[j] if j < len(names) else f"T{j + 1}" for j in range(size)]
+        ax.set_xticks(range(size), ticks, fontsize=7, rotation=30)
+        ax.set_yticks(range(size), [f"after T{i + 1}" for i in range(size)], fontsize=7)
+        ax.set_xlabel("tested on task", fontsize=7)
+        ax.set_title(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
 
 
 def class_balanced_buffer(

@@ -116,8 +116,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 # ------------------------------------------------------------------------------ flags from configs
 
 
-def config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
-    """Add one flag per CLI field of the config dataclass ``cls``; return the field names.
+def config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> list[str]:
+    """Add one flag per CLI field of the config dataclass ``cls`` (but ``skip``); return the field names.
 
     The flag, its type, choices and help text all come from the field, so a new field
     appears in ``--help`` without a second edit. Booleans get ``--x/--no-x``. Values are
@@ -127,7 +127,7 @@ def config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
     names = []
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if not meta.get("cli", False):
+        if not meta.get("cli", False) or f.name in skip:
             continue
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None

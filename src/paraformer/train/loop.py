@@ -54,8 +54,8 @@ class Trainer:
         self.log, self.progress, self.hooks = log, progress, Hooks(hooks)
         self.command = command  # the command that resumes this run, for messages; None: not resumable
         cfg = self.cfg
-        self.optimizer = make_optimizer(self.model, cfg)
         self.objective = objective or make_objective(self.model, cfg.mode, cfg.prefix_weights, self.task.loss)
+        self.optimizer = make_optimizer(self.model, cfg, self.objective.param_groups(self.model))
         self.batches = math.ceil(self.task.num_samples("train") / cfg.batch_size)
         per_epoch = sum(self.batches * self.objective.steps_per_batch(p) for p in self.objective.passes)
         self.epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / per_epoch)

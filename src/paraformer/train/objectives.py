@@ -13,7 +13,10 @@ Schedules (one per mode):
 Parts plug into any schedule through one interface (``ObjectivePart``): ``prepare``
 may add samples to the batch or compute targets for it once (a teacher's logits),
 ``loss`` adds a term to the loss of every step (for each prefix the schedule trains),
-and ``state_dict`` keeps what a resumed run needs. The parts here:
+``step_loss`` adds a term once per optimizer step from the model itself (an auxiliary
+head on some branches), ``param_groups`` hands the optimizer the part's own parameters
+or model parameters at a scaled learning rate, and ``state_dict`` keeps what a resumed
+run needs. The parts here:
 
 - ``Distillation``: KL to a fixed teacher's softened logits (the compress fine-tune
   distils the full model; Learning without Forgetting distils the previous model on
@@ -78,6 +81,18 @@ class ObjectivePart:
         """A term added to the loss of every step; ``logits`` are (B', ...) of the model trained."""
         return None
 
+    def step_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor | None:
+        """A term added once per optimizer step (not once per prefix), computed from ``model``."""
+        return None
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Optimizer groups: the part's own parameters, or model parameters with an ``lr_scale``.
+
+        A model parameter named here leaves the default groups; ``weight_decay`` defaults
+        to the run's. The state of the part's own parameters belongs in ``state_dict``.
+        """
+        return []
+
     def spec(self) -> dict[str, Any]:
         """What the run's config.json records about this part."""
         return {"name": self.name}
@@ -110,6 +125,7 @@ class Distillation(ObjectivePart):
         temperature: float = 2.0,
         classes: Sequence[int] | None = None,
         source: str | None = None,
+        all_rows: bool = False,
     ) -> None:
         if not weight > 0 or not temperature > 0:
             raise ConfigError(
@@ -120,17 +136,21 @@ class Distillation(ObjectivePart):
             p.requires_grad_(False)
         self.weight, self.temperature, self.source = weight, temperature, source
         self.classes = None if classes is None else torch.tensor(sorted(classes))
+        self.all_rows = all_rows  # replayed rows too (else the task's rows only)
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.classes is None else logits[..., self.classes.to(logits.device)]
 
+    def _rows(self, batch: Batch) -> int:
+        return len(batch.x) if self.all_rows else batch.size
+
     def prepare(self, model: nn.Module, batch: Batch) -> Batch:
         with torch.no_grad():
-            batch.extra["teacher"] = self._pick(self.teacher(batch.x[: batch.size]))
+            batch.extra["teacher"] = self._pick(self.teacher(batch.x[: self._rows(batch)]))
         return batch
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        student = self._pick(logits[: batch.size])
+        student = self._pick(logits[: self._rows(batch)])
         return self.weight * kd_loss(student, batch.extra["teacher"], self.temperature)
 
     def spec(self) -> dict[str, Any]:
@@ -141,6 +161,7 @@ class Distillation(ObjectivePart):
             "weight": self.weight,
             "temperature": self.temperature,
             "classes": classes,
+            **({"all_rows": True} if self.all_rows else {}),
         }
 
 
@@ -238,6 +259,18 @@ class Objective:
     def steps_per_batch(self, pass_name: str) -> int:
         return 1
 
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The parts' optimizer groups (see ``ObjectivePart.param_groups``)."""
+        return [group for part in self.parts for group in part.param_groups(model)]
+
+    def with_step_terms(self, loss: torch.Tensor, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """``loss`` plus the parts' once-per-step terms."""
+        for part in self.parts:
+            term = part.step_loss(model, batch)
+            if term is not None:
+                loss = loss + term
+        return loss
+
     def spec(self) -> dict[str, Any]:
         """What the run's config.json records, so that ``--resume`` rebuilds the same objective."""
         return {
@@ -275,7 +308,7 @@ class Objective:
 
     def train_prepared(self, model: nn.Module, batch: Batch, pass_name: str, step: Stepper) -> StepResult:
         logits = model(batch.x)
-        loss = self.loss(logits, batch)
+        loss = self.with_step_terms(self.loss(logits, batch), model, batch)
         step(loss)
         return StepResult(loss.item(), logits[: batch.size].detach())
 
@@ -314,7 +347,7 @@ class ProgressiveObjective(Objective):
             return super().train_prepared(model, batch, pass_name, step)
         for k in range(self.first_branch + 1, self.num_branches + 1):
             logits = model(batch.x, branches=k)
-            loss = self.loss(logits, batch)
+            loss = self.with_step_terms(self.loss(logits, batch), model, batch)
             step(loss)
         return StepResult(loss.item(), logits[: batch.size].detach())
 
@@ -344,7 +377,7 @@ class FusedObjective(Objective):
     def train_prepared(self, model: nn.Module, batch: Batch, pass_name: str, step: Stepper) -> StepResult:
         logits = model.prefix_logits(batch.x, start=self.first_branch)  # (K, B, ...)
         losses = torch.stack([self.loss(prefix, batch) for prefix in logits])  # (K,)
-        loss = (losses * self.weights.to(losses.device)).sum()
+        loss = self.with_step_terms((losses * self.weights.to(losses.device)).sum(), model, batch)
         step(loss)
         return StepResult(loss.item(), logits[-1, : batch.size].detach())
 
@@ -359,7 +392,9 @@ class DeepSupervisionObjective(Objective):
 
     def train_prepared(self, model: nn.Module, batch: Batch, pass_name: str, step: Stepper) -> StepResult:
         logits = model.layer_logits(batch.x)  # (L, B, ...)
-        loss = torch.stack([self.loss(layer, batch) for layer in logits]).mean()
+        loss = self.with_step_terms(
+            torch.stack([self.loss(layer, batch) for layer in logits]).mean(), model, batch
+        )
         step(loss)
         return StepResult(loss.item(), logits[-1, : batch.size].detach())
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -11,15 +14,27 @@ from paraformer.train.hooks import Hook
 from paraformer.train.schedule import warmup_cosine
 
 
-def make_optimizer(model: nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:
-    """AdamW (or the authors' plain Adam) over the trainable parameters, no decay on norms etc."""
+def make_optimizer(
+    model: nn.Module, cfg: LoopConfig, extra_groups: Sequence[dict[str, Any]] = ()
+) -> torch.optim.Optimizer:
+    """AdamW (or the authors' plain Adam) over the trainable parameters, no decay on norms etc.
+
+    ``extra_groups`` (an objective's parts: their own heads, or model parameters at a scaled
+    learning rate, ``lr_scale``) come after the model's groups; a model parameter in one of
+    them leaves the default groups.
+    """
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    claimed = {id(p) for group in extra_groups for p in group["params"]}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in claimed]
     decay = [p for n, p in named if n not in skip]
     no_decay = [p for n, p in named if n in skip]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for group in extra_groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            groups.append({"weight_decay": cfg.weight_decay, **group, "params": params})
     # One fused kernel per step instead of several per tensor: fewer launches on a GPU.
-    fused = {"fused": True} if all(p.is_cuda for _, p in named) else {}
+    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
     if cfg.optimizer == "adam":
         # Adam's weight decay is L2 in the gradient; keep the authors' plain Adam when asked.
         return torch.optim.Adam(groups, lr=cfg.lr, **fused)
@@ -52,6 +67,8 @@ class Stepper:
         self.hooks = hooks
         self.step = 0
         self.params = [p for p in model.parameters() if p.requires_grad]
+        known = {id(p) for p in self.params}  # then the objective's own parameters (its heads)
+        self.params += [p for g in optimizer.param_groups for p in g["params"] if id(p) not in known]
 
     def lr(self) -> float:
         cfg = self.cfg
@@ -72,7 +89,7 @@ class Stepper:
             raise self.diverged(f"the loss became {loss.item()}")
         lr = self.lr()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.hooks.after_backward(self.trainer)

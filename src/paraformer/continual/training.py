@@ -46,15 +46,19 @@ def train_in_memory(
     out_dir: str | Path | None = None,
     log: Log = quiet,
     progress: bool = False,
+    resume: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a copy of ``model`` on in-memory images through the library's trainer.
 
     ``first_branch``/``frozen_base`` train only the prefixes after a frozen base; ``parts``
-    (replay, distillation) join the objective. The epoch with the best accuracy on
-    ``val`` is returned (the last one without ``val``); ``test``, if given, is evaluated
-    once at the end. ``transform`` defaults to normalising with ``train``'s channel
-    statistics, no augmentation. The run folder goes to ``out_dir`` (a temporary folder
-    by default). ``loss_classes`` restricts the loss to those classes' logits.
+    (replay, distillation, an auxiliary head) join the objective. The epoch with the best
+    accuracy on ``val`` is returned (the last one without ``val``); ``test``, if given, is
+    evaluated once at the end. ``transform`` defaults to normalising with ``train``'s
+    channel statistics, no augmentation. The run folder goes to ``out_dir`` (a temporary
+    folder by default). ``loss_classes`` restricts the loss to those classes' logits.
+    ``resume`` continues the run in ``out_dir`` from its training state (called again with
+    the same arguments); an interrupted run returns the given model and
+    ``{"interrupted": True, ...}``.
     """
     cfg = cfg or TrainConfig()
     if loss_classes is not None:
@@ -71,7 +75,11 @@ def train_in_memory(
     objective = {"first_branch": first_branch, "frozen_base": frozen_base}
     with tempfile.TemporaryDirectory(prefix="paraformer-run-") as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp) / "run"
-        summary = train_setup(setup, folder, objective=objective, parts=parts, log=log, progress=progress)
+        summary = train_setup(
+            setup, folder, objective=objective, parts=parts, log=log, progress=progress, resume=resume
+        )
+        if summary.get("interrupted"):
+            return model, summary
         selected = folder / BEST_DIR if (folder / BEST_DIR / MODEL_FILE).is_file() else folder
         trained = load_model(selected, setup.device).train(model.training)
     return trained, summary
