@@ -91,6 +91,17 @@ def test_merged_vit_equals_the_vit(residual: str, pool: str) -> None:
         merge_for_inference(vit, branches=2)
 
 
+def test_large_batches_run_in_chunks_with_the_same_outputs() -> None:
+    model = perturbed("paraformer_tiny_fmnist", num_branches=2)
+    merged = merge_for_inference(model)
+    assert merged.chunk >= 1
+    merged.chunk = 2
+    x = images(model, 5)
+    with torch.no_grad():
+        assert_equal_outputs(merged(x), model(x))
+        assert_equal_outputs(merged(x, branches=1), model(x, branches=1))
+
+
 def test_merging_leaves_the_model_untouched_and_needs_no_autograd() -> None:
     model = perturbed("paraformer_tiny_fmnist", num_branches=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -126,6 +126,23 @@ def _bias(linear: nn.Linear) -> torch.Tensor:
     return torch.zeros(linear.out_features, dtype=torch.float64, device=linear.weight.device)
 
 
+CHUNK_BYTES = 16 << 20
+
+
+def chunk_images(body: MergedBody, tokens: int, dtype: torch.dtype, device: torch.device) -> int | None:
+    """On CPU, how many images a chunk holds so that the largest intermediate stays under 16 MiB.
+
+    Stacked intermediates are N times a ViT's. glibc serves allocations above its mmap threshold
+    (adapting up to 32 MiB) with fresh pages, so every call page-faults them in again; chunks
+    keep them reusable and in cache (measured ~10% at batch 64). GPUs want one large batch.
+    """
+    if device.type != "cpu":
+        return None
+    widest = max(body.mlp_dim, 3 * body.heads * body.head_dim)  # per branch and token
+    per_image = tokens * body.n * widest * torch.finfo(dtype).bits // 8
+    return max(1, CHUNK_BYTES // per_image)
+
+
 def check_prefix(branches: Any, kept: int, total: int) -> int:
     """``branches`` (None or k) as the number of branches to run, of the ``kept`` a merged module holds."""
     if branches is None:
@@ -188,6 +205,7 @@ class MergedClassifier(nn.Module):
         w_fc, b_fc = _folded(head.norm, head.fc)
         self.head_weights = _Weights(dtype, weight=w_fc, bias=b_fc)
         self.body = MergedBody(blocks, gates, cls_only=not self.mean_pool, dtype=dtype)
+        self.chunk = chunk_images(self.body, embed.pos_embed.shape[1], dtype, embed.pos_embed.device)
 
     def extra_repr(self) -> str:
         kept = f"{self.kept} of {self.total_branches} branches" if self.branched else "a ViT"
@@ -232,6 +250,12 @@ class MergedClassifier(nn.Module):
     def forward(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
         """(B, C, H, W) images -> (B, classes) logits of the first ``branches`` branches."""
         k = self.prefix(branches)
+        if self.chunk and x.shape[0] > self.chunk and not torch.jit.is_tracing():
+            return torch.cat([self.logits(part, k) for part in x.split(self.chunk)])
+        return self.logits(x, k)
+
+    def logits(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, C, H, W) -> (B, classes) for the first k branches, in one piece."""
         tokens = self.embed(x)  # (B, T, D)
         return self.head(self.body(tokens, k), x.shape[0])
 
@@ -268,6 +292,7 @@ class MergedBody(nn.Module):
         self.dim = first.norm1.normalized_shape[-1]
         self.normed = first.normed_residual
         self.gelu = first.mlp.net[1].approximate
+        self.mlp_dim = first.mlp.net[0].out_features
         self.eps = [(b.norm1.eps, b.norm2.eps) for b in blocks[0]]
         self.ungated = all(g is None for g in gates)
         self.layers = nn.ModuleList(self._layer(blocks, j, gates, dtype) for j in range(self.depth))
