@@ -81,12 +81,9 @@ def prepare_for_inference(
         module = build_paths(model, example_input, [path], branches=branches)[path]
         return _finish(module, path, timings, log, example_input, cached=True)
     modules = build_paths(model, example_input, requested, branches=branches, log=log)
-    if len(modules) > 1:
-        times = measure({name: _caller(m, example_input) for name, m in modules.items()}, rounds)
-        timings = {name: 1000 * statistics.median(t) for name, t in times.items()}
-    else:
-        timings = {name: float("nan") for name in modules}
-    path = min(modules, key=lambda name: timings[name]) if len(modules) > 1 else next(iter(modules))
+    times = measure({name: _caller(m, example_input) for name, m in modules.items()}, rounds)
+    timings = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    path = min(modules, key=lambda name: timings[name])
     _CHOICES[key] = (path, timings)
     return _finish(modules[path], path, timings, log, example_input, cached=False)
 
@@ -112,7 +109,6 @@ def build_paths(
     with torch.inference_mode():
         expected = reference(example_input)
     built: dict[str, nn.Module] = {}
-    merged: nn.Module | None = None
     for path in requested:
         try:
             if path == "eager":
@@ -121,15 +117,12 @@ def build_paths(
                 module = _threads(model, branches)
             elif path == "cuda-graph" and device.type != "cuda":
                 raise _Skip("needs a CUDA device")
+            elif path == "merged":
+                module = merge_for_inference(model, branches)
+            elif path == "merged+compile":
+                module = _compiled(merge_for_inference(model, branches), example_input)
             else:
-                if merged is None:
-                    merged = merge_for_inference(model, branches)
-                if path == "merged":
-                    module = merged
-                elif path == "merged+compile":
-                    module = _compiled(merge_for_inference(model, branches), example_input)
-                else:
-                    module = CudaGraphed(merge_for_inference(model, branches), example_input)
+                module = CudaGraphed(merge_for_inference(model, branches), example_input)
         except (_Skip, ConfigError) as why:
             say(f"inference path {path} skipped: {why}")
             continue

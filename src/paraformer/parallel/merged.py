@@ -23,12 +23,16 @@ What is merged, and why it is exact:
 5. Gates. A gated branch outputs ``g * (r + m W2^T + c)`` (``r`` the last block's residual):
    ``g`` is folded into the last fc2's weight and bias, and the residual is added as
    ``addcmul(out, r, g)``, so a gate costs nothing over an ungated branch. (Summing the
-   branches inside one GEMM of inner size N*mlp is exact too, but needs fc1 computed
-   transposed or a copy into that layout; both measured slower than a batched fc2 and a sum.)
+   branches inside one GEMM of inner size N*mlp is exact too, but needs fc1's output in a
+   (M, N*mlp) layout: computed transposed, that fc1 ran 10x slower at batch 1 here, and a copy
+   costs the op it saves, so the last fc2 stays batched and the branches are summed after.)
 6. The "normed" residual ``LN(x) + f(LN(x))`` keeps its affine LayerNorm output exactly:
    ``LN0(x) * w`` is added by ``addcmul`` and the bias ``b`` joins the next linear's bias.
 7. The embedding: the position embedding of the patch tokens joins the last embedding
    LayerNorm's bias, the class token plus its position embedding is precomputed.
+
+Large CPU batches run in chunks (``chunk_images``): stacked intermediates are N times a
+ViT's, and above glibc's mmap threshold every call page-faults fresh memory in again.
 
 ``branches=k`` keeps the first k branches (a smaller module). The merged module also runs
 any shorter prefix ``j <= k`` on views of the same stacked weights (``forward(x,
