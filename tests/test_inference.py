@@ -194,6 +194,19 @@ def test_compiled_path_returns_a_module_with_the_models_outputs() -> None:
         assert_equal_outputs(prepared(x), model(x))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_path_returns_a_module_with_the_models_outputs() -> None:
+    model = perturbed("paraformer_tiny_fmnist", num_branches=3).cuda()
+    x = images(model, 2).cuda()
+    prepared = prepare_for_inference(model, x, paths=["cuda-graph"], rounds=2)
+    assert prepared.inference_path == "cuda-graph"
+    with torch.no_grad():
+        first = prepared(x)
+        assert_equal_outputs(prepared(x + 1), model(x + 1))  # a replay with new input
+        assert_equal_outputs(first, model(x))  # the first output is not overwritten
+        assert_equal_outputs(prepared(x[:1]), model(x[:1]))  # another shape: the merged module
+
+
 def test_the_choice_is_measured_once_and_cached_in_memory(two_threads, monkeypatch) -> None:
     model = perturbed("vit_tiny_fmnist", depth=2)
     x = images(model, 1)
