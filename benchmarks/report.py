@@ -111,6 +111,13 @@ CHAPTERS: list[tuple[str, str, list[Slot]]] = [
                 "Fused and parallel branches, torchrun ranks",
                 "python benchmarks/parallel.py --parts distributed",
             ),
+            Slot(
+                "latency",
+                "latency",
+                "latency",
+                "Inference latency against the ViT twin",
+                "python benchmarks/latency.py --threads 2",
+            ),
         ],  # fmt: skip
     ),
     (

@@ -18,6 +18,7 @@ from paraformer.models import (
     list_models,
     register_model,
 )
+from paraformer.parallel import merge_for_inference, prepare_for_inference
 from paraformer.surgery import compress, evaluate_selections, expand, export_onnx, greedy_order, sweep
 from paraformer.tasks.image import TrainConfig
 from paraformer.tasks.text import LMTrainConfig
@@ -44,6 +45,8 @@ __all__ = [
     "get_config",
     "greedy_order",
     "list_models",
+    "merge_for_inference",
+    "prepare_for_inference",
     "register_model",
     "sweep",
     "train_expansion",

@@ -30,6 +30,7 @@ from paraformer.files import write_json
 from paraformer.models import is_branched, select_branches
 from paraformer.parallel.apply import apply_execution
 from paraformer.parallel.distributed import init_from_env
+from paraformer.parallel.inference import command_paths, inference_latency
 from paraformer.surgery import sweep
 from paraformer.surgery.select import require_image_paraformer
 from paraformer.tasks.image import run_transform
@@ -62,6 +63,7 @@ def evaluate_run(
     branch_parallel: int = 1,
     task: str | None = None,
     progress: bool = True,
+    latency: bool = False,
 ) -> dict[str, Any]:
     """Figures of a trained run on its own test (or validation) split, for any task.
 
@@ -73,7 +75,9 @@ def evaluate_run(
     content hash must match). ``compile`` runs the model through torch.compile (CUDA
     graphs on a GPU); ``branch_exec``/``branch_parallel`` run the branches stacked or
     split over the processes of a torchrun launch, as in training: the figures are the same.
-    ``task`` ("image" or "text") refuses a run of the other kind.
+    ``task`` ("image" or "text") refuses a run of the other kind. ``latency`` (images)
+    adds the batch-1 latency of the path ``prepare_for_inference`` picks (eager, merged or
+    threads) as ``latency_ms``, ``inference_path`` and ``eager_latency_ms``.
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}.")
@@ -99,6 +103,16 @@ def evaluate_run(
     num_params = kept_params(model, branches)
     ctx = init_from_env(branch_parallel, device)
     example = transform(dataset.images[: eval_batch_size(saved)], train=False)
+    timing = (
+        inference_latency(
+            model,
+            example[:1].to(next(model.parameters()).device),
+            branches=branches,
+            paths=command_paths(next(model.parameters()).device),
+        )
+        if latency and ctx is None
+        else None
+    )
     model = apply_execution(model, branch_exec, example, ctx=ctx, training=False, log=lambda _: None)
     if compile:
         compile_model(model, inference=True)
@@ -122,6 +136,9 @@ def evaluate_run(
         "num_samples": result.num_samples,
         "num_params": num_params,
         "prefix_accuracy": result.prefix_accuracy or None,
+        "latency_ms": timing and timing["latency_ms"],
+        "inference_path": timing and timing["inference_path"],
+        "eager_latency_ms": timing and timing["timings_ms"].get("eager"),
     }
 
 
@@ -211,6 +228,7 @@ def _eval(args: argparse.Namespace) -> int:
         branch_parallel=getattr(args, "branch_parallel", 1),
         task="text" if getattr(args, "lm_task", False) else None,
         progress=not args.json and not is_other_rank(),
+        latency=getattr(args, "latency", False),
     )
     if is_other_rank():
         return 0
@@ -241,6 +259,10 @@ def _eval(args: argparse.Namespace) -> int:
             "accuracy with the first k branches: "
             + "  ".join(f"k={k}: {100 * a:.1f}%" for k, a in enumerate(r["prefix_accuracy"], start=1))
         )
+    if r.get("latency_ms") is not None:
+        eager = r["eager_latency_ms"]
+        versus = f"; eager {eager:.2f} ms" if eager is not None and r["inference_path"] != "eager" else ""
+        print(f"batch-1 latency: {r['latency_ms']:.2f} ms on the {r['inference_path']} path (median{versus})")
     return 0
 
 
@@ -254,14 +276,21 @@ def _sweep(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['run']}: the first k of {result['num_branches']} branches ({result['dataset']})")
     print(
-        f"{'k':>3} {'params':>11} {'MFLOPs/img':>11} {'latency ms':>11} {'val acc %':>10} {'test acc %':>11}"
+        f"{'k':>3} {'params':>11} {'MFLOPs/img':>11} {'latency ms':>11} {'path':>8} {'eager ms':>9} "
+        f"{'val acc %':>10} {'test acc %':>11}"
     )
     for r in result["rows"]:
         val = f"{100 * r['val_acc']:10.2f}" if "val_acc" in r else f"{'n/a':>10}"
+        eager = r["eager_latency_ms"] if r["eager_latency_ms"] is not None else float("nan")
         print(
             f"{r['branches']:>3} {r['params']:>11,} {r['flops_per_image'] / 1e6:>11.2f} "
-            f"{r['latency_ms']:>11.2f} {val} {100 * r['test_acc']:>11.2f}"
+            f"{r['latency_ms']:>11.2f} {r['inference_path']:>8} {eager:>9.2f} "
+            f"{val} {100 * r['test_acc']:>11.2f}"
         )
+    print(
+        "latency: batch 1, median of 20 calls, on the path prepare_for_inference picks (eager, merged or "
+        "threads; torch.compile is left out here)"
+    )
     print(f"wrote {result['json']} and {result['png']}")
     return 0
 
@@ -286,6 +315,11 @@ def register(sub: Any, lm: Any) -> None:
     p.add_argument("--data", help="text runs: score the whole of another UTF-8 file instead")
     device_arg(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on a GPU)")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="also measure batch-1 latency on the fastest inference path (eager, merged or threads)",
+    )
     p.add_argument(
         "--branch-exec",
         default="loop",

@@ -62,19 +62,21 @@ def _export(args: argparse.Namespace) -> int:
     if args.json:
         print_json(r)
         return 0
-    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB, opset {r['opset']}, {r['num_params']:,} params)")
+    graph = "the merged graph" if r["graph"] == "merged" else "the model's graph"
+    print(
+        f"wrote {r['path']} ({graph}, {r['bytes'] / 1e6:.2f} MB, opset {r['opset']}, "
+        f"{r['num_params']:,} params)"
+    )
+    torch_ms = f"PyTorch {r['torch_latency_ms']:.3f} ms ({r['torch_inference_path']} path)"
     if r["max_abs_diff"] is None:
         print("onnxruntime is not installed: not checked (pip install 'paraformer[export]')")
-        print(f"batch-1 latency: PyTorch {r['torch_latency_ms']:.3f} ms")
+        print(f"batch-1 latency: {torch_ms}")
     else:
         print(
             f"checked on {r['checked_images']} test images: max abs difference from PyTorch "
             f"{r['max_abs_diff']:.2e}"
         )
-        print(
-            f"batch-1 latency: onnxruntime {r['onnxruntime_latency_ms']:.3f} ms, "
-            f"PyTorch {r['torch_latency_ms']:.3f} ms"
-        )
+        print(f"batch-1 latency: onnxruntime {r['onnxruntime_latency_ms']:.3f} ms, {torch_ms}")
     return 0
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from paraformer.models import count_params
+from paraformer.parallel.inference import command_paths, inference_latency
 from paraformer.surgery.select import Data, compress, model_batches, require_image_paraformer
 from paraformer.tasks.image_eval import evaluate_batches
 
@@ -44,8 +45,10 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """One row per k = 1..N for the model of the first k branches.
 
-    Each row has ``branches``, ``params``, ``flops_per_image``, ``latency_ms`` (batch 1,
-    fastest of ``repeats``; None with ``latency=False``) and ``<split>_acc`` / ``<split>_loss`` for each
+    Each row has ``branches``, ``params``, ``flops_per_image``, ``latency_ms`` (batch 1, the
+    median of ``repeats`` calls of the path ``prepare_for_inference`` picks among eager, merged
+    and threads, named in ``inference_path``; ``eager_latency_ms`` beside it; None with
+    ``latency=False``) and ``<split>_acc`` / ``<split>_loss`` for each
     split of ``data`` (a mapping such as ``{"val": ..., "test": ...}``; plain data counts
     as ``"test"``). Accuracies come from one pass per split (all prefixes at once).
     """
@@ -63,8 +66,16 @@ def sweep(
             "branches": k,
             "params": count_params(small),
             "flops_per_image": small.flops(),
-            "latency_ms": latency_ms(small, small.example_input(1), repeats) if latency else None,
+            "latency_ms": None,
+            "inference_path": None,
+            "eager_latency_ms": None,
         }
+        if latency:
+            example = small.example_input(1).to(device)
+            measured = inference_latency(small, example, paths=command_paths(device), rounds=repeats)
+            row["latency_ms"] = measured["latency_ms"]
+            row["inference_path"] = measured["inference_path"]
+            row["eager_latency_ms"] = measured["timings_ms"].get("eager")
         for split, result in results.items():
             row[f"{split}_acc"] = result.prefix_accuracy[k - 1]
             row[f"{split}_loss"] = result.prefix_loss[k - 1]
