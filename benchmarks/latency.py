@@ -37,7 +37,7 @@ from benchmarks.machine import describe  # noqa: E402
 from benchmarks.protocol import RESULTS, record_results, write_record  # noqa: E402
 from paraformer.models import create_model, twin_of  # noqa: E402
 from paraformer.parallel import merge_for_inference  # noqa: E402
-from paraformer.parallel.inference import PATHS, build_paths, measure  # noqa: E402
+from paraformer.parallel.inference import PATHS, build_paths, measure, synced_call  # noqa: E402
 
 MODELS = (
     "paraformer_tiny_fmnist",
@@ -49,16 +49,19 @@ MODELS = (
 FAMILIES = ("paraformer", "vit")
 
 
-def gemm_peak(threads: int, size: int = 2048, repeats: int = 10) -> dict[str, Any]:
+def gemm_peak(threads: int, device: torch.device, size: int = 2048, repeats: int = 10) -> dict[str, Any]:
     """fp32 GFLOP/s of a large square matmul: the fastest of ``repeats`` (the peak) and all of them."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         for _ in range(2):
             a @ b
+        sync()
         seconds = []
         for _ in range(repeats):
             start = time.perf_counter()
             a @ b
+            sync()
             seconds.append(time.perf_counter() - start)
     rates = [2 * size**3 / s / 1e9 for s in seconds]
     return {
@@ -72,20 +75,31 @@ def gemm_peak(threads: int, size: int = 2048, repeats: int = 10) -> dict[str, An
 
 def run_pair(name: str, batch: int, args: argparse.Namespace, peak: float, log) -> dict[str, Any]:
     torch.manual_seed(0)
-    models = {"paraformer": create_model(name).eval(), "vit": create_model(twin_of(name)).eval()}
+    device = torch.device(args.device)
+    models = {
+        "paraformer": create_model(name).eval().to(device),
+        "vit": create_model(twin_of(name)).eval().to(device),
+    }
     flops = {family: m.flops() for family, m in models.items()}
     # Every path but eager runs the merged computation (threads: in two groups, the same ops).
     merged_flops = {family: merge_for_inference(m).flops() for family, m in models.items()}
-    x = torch.randn_like(models["paraformer"].example_input(batch))
+    x = torch.randn_like(models["paraformer"].example_input(batch)).to(device)
     built = {family: build_paths(m, x, args.paths, log=log) for family, m in models.items()}
     arms = {}
     for path in PATHS:  # ParaFormer path, ViT path, next path: neighbours see the same machine
         for family in FAMILIES:
             if path in built[family]:
                 module = built[family][path]
-                arms[f"{family}:{path}"] = (lambda m: lambda: m(x))(module)
-    times = measure(arms, args.rounds, warmup=args.warmup)
-    result: dict[str, Any] = {"model": name, "twin": twin_of(name), "batch": batch, "flops_per_image": flops}
+                arms[f"{family}:{path}"] = synced_call(module, x)
+    rounds = args.rounds_large if batch >= 32 and args.rounds_large else args.rounds
+    times = measure(arms, rounds, warmup=args.warmup)
+    result: dict[str, Any] = {
+        "model": name,
+        "twin": twin_of(name),
+        "batch": batch,
+        "rounds": rounds,
+        "flops_per_image": flops,
+    }
     paths: dict[str, dict[str, Any]] = {family: {} for family in FAMILIES}
     for arm, seconds in times.items():
         family, path = arm.split(":")
@@ -161,6 +175,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 64])
     parser.add_argument("--rounds", type=int, default=25, help="timed rounds per arm (median reported)")
+    parser.add_argument(
+        "--rounds-large",
+        type=int,
+        help="timed rounds at batch >= 32 (default: --rounds); large batches are slow",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--name", default="latency", help="results file name (default latency)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)"
@@ -172,7 +193,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    peak_before = gemm_peak(args.threads)
+    peak_before = gemm_peak(args.threads, torch.device(args.device))
     print(f"{started}, {describe()}, fp32 GEMM peak {peak_before['gflops']:.0f} GFLOP/s, load {load_before}")
     skipped: list[str] = []
     results = []
@@ -185,7 +206,7 @@ def main() -> None:
             results.append(r)
             print_pair(r)
             print(f"({r['wall_s']:.0f} s, load {r['load_after'][0]:.2f})", flush=True)
-    peak_after = gemm_peak(args.threads)
+    peak_after = gemm_peak(args.threads, torch.device(args.device))
     summary(results)
     payload = {
         "gemm_peak_before": peak_before,
@@ -199,11 +220,13 @@ def main() -> None:
         "models": args.models,
         "batches": args.batches,
         "rounds": args.rounds,
+        "rounds_large": args.rounds_large,
         "warmup": args.warmup,
+        "device": args.device,
         "threads": args.threads,
         "paths": args.paths,
     }
-    record = record_results("latency", payload, seeds=[], config=config)
+    record = record_results(args.name, payload, seeds=[], config=config)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = write_record(record, args.results_dir)
     print(

@@ -212,6 +212,32 @@ CHAPTERS: list[tuple[str, str, list[Slot]]] = [
         ],  # fmt: skip
     ),
 ]
+GPU_SH = "benchmarks/gpu.sh (on one NVIDIA H100 or H200)"
+CHAPTERS.append(
+    (
+        "On a GPU",
+        "`benchmarks/gpu.sh` runs every GPU row in about 10 minutes on one H100 or H200: inference latency "
+        "of every path against the ViT twin at batch 1 and 256, training throughput in bf16 and under "
+        "torch.compile, and the paper recipe at equal wall-clock. `benchmarks/gpu.sh --dry-run` runs the "
+        "same steps, tiny, on a CPU.",
+        [
+            Slot("latency-gpu", "latency", "latency-gpu", "Inference latency (GPU)", GPU_SH),
+            Slot(
+                "throughput-gpu-bf16", "throughput", "throughput-gpu-bf16", "Throughput, bf16 (GPU)", GPU_SH
+            ),
+            Slot(
+                "throughput-gpu-compile",
+                "throughput",
+                "throughput-gpu-compile",
+                "Throughput, torch.compile (GPU)",
+                GPU_SH,
+            ),
+            Slot(
+                "gpu-recipe", "gpu-recipe", "gpu-recipe", "The paper recipe at equal wall-clock (GPU)", GPU_SH
+            ),
+        ],
+    )
+)
 SLOTS = [slot for _, _, slots in CHAPTERS for slot in slots]
 
 
@@ -228,7 +254,7 @@ def render_sections(records: dict[str, dict[str, Any] | None]) -> dict[str, Sect
     for slot in SLOTS:
         record = records.get(slot.source)
         if record is None:
-            text = f"### {slot.title}\n\nNot yet rerun with raw results: `{slot.command}`"
+            text = f"### {slot.title}\n\nNot yet run (no raw results file): `{slot.command}`"
             out[slot.tag] = Section(slot.tag, text)
         else:
             out[slot.tag] = REGISTRY[slot.kind](record)
@@ -253,12 +279,12 @@ def _summary(sections: dict[str, Section]) -> list[str]:
             ]
         )
     missing = [
-        f"[{tag}](#{tag})" for tag, s in sections.items() if not s.comparisons and "Not yet rerun" in s.text
+        f"[{tag}](#{tag})" for tag, s in sections.items() if not s.comparisons and "Not yet run" in s.text
     ]
     header = ["section", "comparisons", "wins", "losses", "ties", "no verdict (n<2)", "fewest paired n"]
     lines = table(header, rows)
     if missing:
-        lines += ["", "Not yet rerun with raw results: " + ", ".join(missing) + "."]
+        lines += ["", "Not yet run (no raw results file): " + ", ".join(missing) + "."]
     return lines
 
 

@@ -4,6 +4,7 @@ merged graph, and the latency benchmark's raw file, renderer and claim rows."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from benchmarks import claims
+from benchmarks.render import REGISTRY
 from benchmarks.render.latency import render
 
 import paraformer
@@ -87,3 +89,30 @@ def test_latency_benchmark_writes_a_record_that_renders_and_feeds_its_claims(tmp
     rows = [c for c in claims.CLAIMS if c.source == "latency"]
     assert len(rows) == 6, "batch 1 and batch 64 for the small and paper models"
     assert rows[0].evidence(record).compared == [], "a record without that model gives no evidence"
+
+
+def test_gpu_script_dry_run_writes_every_gpu_row(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (folder,) = tmp_path.glob("gpu-dry-run-*")
+    written = {p.name for p in folder.glob("*.json")}
+    assert written == {
+        "latency-gpu.json",
+        "throughput-gpu.json",
+        "throughput-gpu-bf16.json",
+        "gpu-recipe.json",
+    }
+    for name in written:  # each renders as the report will render the GPU rows
+        record = json.loads((folder / name).read_text())
+        kind = {"latency-gpu": "latency", "gpu-recipe": "gpu-recipe"}.get(record["benchmark"], "throughput")
+        assert REGISTRY[kind](record).text.startswith("### ")
+    bad = subprocess.run(["bash", "benchmarks/gpu.sh", "--fast"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown argument --fast")

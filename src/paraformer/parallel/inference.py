@@ -81,7 +81,7 @@ def prepare_for_inference(
         module = build_paths(model, example_input, [path], branches=branches)[path]
         return _finish(module, path, timings, log, example_input, cached=True)
     modules = build_paths(model, example_input, requested, branches=branches, log=log)
-    times = measure({name: _caller(m, example_input) for name, m in modules.items()}, rounds)
+    times = measure({name: synced_call(m, example_input) for name, m in modules.items()}, rounds)
     timings = {name: 1000 * statistics.median(t) for name, t in times.items()}
     path = min(modules, key=lambda name: timings[name])
     _CHOICES[key] = (path, timings)
@@ -186,7 +186,8 @@ def measure(arms: dict[str, Callable[[], Any]], rounds: int, warmup: int = 2) ->
     return times
 
 
-def _caller(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+def synced_call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """A call of ``module(x)`` that returns once the device has finished (CUDA synchronised)."""
     if x.device.type == "cuda":
 
         def call() -> Any:
