@@ -23,6 +23,7 @@ from benchmarks.protocol import LOSS, RESULTS, ROOT, TIE, WIN, load_results
 from benchmarks.render import REGISTRY
 from benchmarks.render.common import Section, table
 from benchmarks.render.reproduction import render as render_reproduction
+from benchmarks.render.reproduction import takeaway
 
 
 @dataclass(frozen=True)
@@ -322,11 +323,38 @@ def render_benchmarks(records: dict[str, dict[str, Any] | None]) -> tuple[str, d
     return "\n".join(lines) + "\n", sections
 
 
-def render_all(results: Path = RESULTS) -> tuple[dict[str, str], dict[str, Section]]:
-    """{file name: text} for BENCHMARKS.md and REPRODUCTION.md, and the sections (with their plots)."""
+README_BLOCK = "benchmark-summary"
+
+
+def with_summary(readme: str, lines: list[str]) -> str:
+    """The README with its marked benchmark-summary block rendered (the rest is hand-written)."""
+    begin, end = f"<!-- {README_BLOCK}:begin -->", f"<!-- {README_BLOCK}:end -->"
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"README.md has no {begin} ... {end} block to render the benchmark summary into.")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    block = "\n".join(
+        [
+            "<!-- Rendered by `python -m benchmarks.report` from benchmarks/results/ (the claims of "
+            "REPRODUCTION.md); do not edit by hand. -->",
+            "",
+            *lines,
+            "",
+        ]
+    )
+    return f"{head}{begin}\n{block}{end}{tail}"
+
+
+def render_all(results: Path = RESULTS, out_dir: Path = ROOT) -> tuple[dict[str, str], dict[str, Section]]:
+    """{file name: text} for BENCHMARKS.md, REPRODUCTION.md and README.md (its summary block only),
+    and the sections (with their plots)."""
     records = load_all(results)
     benchmarks, sections = render_benchmarks(records)
-    return {"BENCHMARKS.md": benchmarks, "REPRODUCTION.md": render_reproduction(records)}, sections
+    texts = {"BENCHMARKS.md": benchmarks, "REPRODUCTION.md": render_reproduction(records)}
+    readme = out_dir / "README.md"
+    if readme.is_file():
+        texts["README.md"] = with_summary(readme.read_text(), takeaway(records))
+    return texts, sections
 
 
 def _parts(text: str) -> dict[str, str]:
@@ -375,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-plots", action="store_true", help="write the .md files only")
     args = parser.parse_args(argv)
-    texts, sections = render_all(args.results)
+    texts, sections = render_all(args.results, args.out_dir)
     if args.check:
         problems = []
         for name, text in texts.items():

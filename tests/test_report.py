@@ -223,3 +223,17 @@ def test_check_passes_on_the_committed_files_and_fails_on_an_altered_copy(tmp_pa
     failed = _report("--check", "--out-dir", str(tmp_path))
     assert failed.returncode == 1
     assert "section lm-compare differs" in failed.stdout and "9.99" in failed.stdout
+
+
+def test_the_readme_summary_is_rendered_and_checked(tmp_path):
+    for name in ("BENCHMARKS.md", "REPRODUCTION.md", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    assert _report("--check", "--out-dir", str(tmp_path)).returncode == 0
+    readme = (tmp_path / "README.md").read_text()
+    marker = "<!-- benchmark-summary:end -->"
+    (tmp_path / "README.md").write_text(readme.replace(marker, "- ParaFormer wins everything.\n" + marker))
+    failed = _report("--check", "--out-dir", str(tmp_path))
+    assert failed.returncode == 1 and "README.md: section benchmark-summary differs" in failed.stdout
+    outside = readme.replace("## Benchmarks", "## Benchmarks and more")  # hand-written text is free
+    (tmp_path / "README.md").write_text(outside)
+    assert _report("--check", "--out-dir", str(tmp_path)).returncode == 0

@@ -77,6 +77,11 @@ def _takeaway(rows: list[Row]) -> list[str]:
     return lines
 
 
+def takeaway(records: dict[str, dict[str, Any] | None]) -> list[str]:
+    """The 'what to take away' bullets (also rendered into the README's benchmark summary)."""
+    return _takeaway([evaluate(c, records) for c in CLAIMS])
+
+
 def render(records: dict[str, dict[str, Any] | None]) -> str:
     rows = [evaluate(c, records) for c in CLAIMS]
     lines = [
