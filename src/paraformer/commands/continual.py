@@ -14,9 +14,9 @@ from paraformer.commands.flags import (
     given_flags,
     int_list,
     json_arg,
-    parse_override,
     print_json,
     progress_arg,
+    set_arg,
 )
 from paraformer.continual import ContinualConfig, resume_continual, run_continual
 from paraformer.continual.sequence import HEATMAP_FILE, RESULTS_FILE
@@ -130,13 +130,7 @@ def register(sub: Any, lm: Any) -> None:
     )
     continual_fields = config_flags(p, ContinualConfig)
     train_fields = config_flags(p, TrainConfig, skip=SKIPPED)
-    p.add_argument(
-        "--set",
-        action="append",
-        type=parse_override,
-        metavar="FIELD=VALUE",
-        help="override a model config field, e.g. --set num_branches=8 (repeatable; VALUE is JSON)",
-    )
+    set_arg(p)
     p.add_argument("--seeds", type=int_list, metavar="S,T,...", help="seeds to run, e.g. 0,1,2 (default 0)")
     p.add_argument(
         "--out", type=Path, help="the run folder (default runs/continual-<method>-<dataset>-<time>)"

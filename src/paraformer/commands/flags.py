@@ -157,6 +157,17 @@ def given_flags(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ common groups
 
 
+def set_arg(p: argparse.ArgumentParser) -> None:
+    """``--set FIELD=VALUE`` (repeatable): model config overrides, collected in ``args.set``."""
+    p.add_argument(
+        "--set",
+        action="append",
+        type=parse_override,
+        metavar="FIELD=VALUE",
+        help="override a model config field, e.g. --set num_branches=8 (repeatable; VALUE is JSON)",
+    )
+
+
 def run_dir_arg(p: argparse.ArgumentParser, what: str = "a run folder") -> None:
     p.add_argument("run_dir", type=Path, help=what)
 

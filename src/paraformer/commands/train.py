@@ -17,8 +17,8 @@ from paraformer.commands.flags import (
     config_flags,
     given_flags,
     is_other_rank,
-    parse_override,
     progress_arg,
+    set_arg,
 )
 from paraformer.errors import ParaformerError
 from paraformer.launch import RELOCATION_FIELDS, RESUMABLE_FIELDS, resume, train
@@ -38,13 +38,7 @@ def add_train_parser(sub: Any, name: str, cls: type, help_text: str, out_help: s
             f"recipe ({', '.join(list_recipes())}); other flags override it",
         )
     fields = config_flags(p, cls)
-    p.add_argument(
-        "--set",
-        action="append",
-        type=parse_override,
-        metavar="FIELD=VALUE",
-        help="override a model config field, e.g. --set num_branches=8 (repeatable; VALUE is JSON)",
-    )
+    set_arg(p)
     p.add_argument("--out", type=Path, help=out_help)
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     progress_arg(p)

@@ -31,12 +31,12 @@ from paraformer.continual.sequence import (
     run_seed,
     task_data,
 )
-from paraformer.data import BatchTransform, load_dataset, transform_for
+from paraformer.data import BatchTransform, load_dataset
 from paraformer.data.base import DataSplits
 from paraformer.errors import CheckpointError, ConfigError, DataError
 from paraformer.files import atomic_write, read_json, write_json
 from paraformer.models import build_model, check_input, default_model, get_config, is_branched
-from paraformer.tasks.image import TrainConfig, dataset_sha256
+from paraformer.tasks.image import TrainConfig, dataset_sha256, training_transform
 from paraformer.train.devices import resolve_device
 
 Log = Callable[[str], None]
@@ -66,14 +66,7 @@ def prepare(ccfg: ContinualConfig, tcfg: TrainConfig, log: Log, progress: bool =
         raise ConfigError(
             f"--method expand adds branches to a ParaFormer; {name} is not one (pick a paraformer_* model)."
         )
-    transform = transform_for(
-        splits,
-        model_cfg.image_size,
-        strong=tcfg.strong_augment,
-        strong_ops=tcfg.strong_ops,
-        strong_magnitude=tcfg.strong_magnitude,
-        crop_padding=tcfg.crop_padding,
-    )
+    transform = training_transform(tcfg, splits, model_cfg.image_size)
     prepared = Prepared(
         splits, dataset_sha256(splits), plan, model_cfg, transform, resolve_device(tcfg.device)
     )

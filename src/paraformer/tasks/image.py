@@ -388,14 +388,7 @@ def prepare(
             f"{cfg.dataset}: {len(train)} training images are too few to hold out {cfg.val_fraction:.0%} "
             "for validation; use more images or --val-fraction 0."
         )
-    transform = transform_for(
-        splits,
-        model_cfg.image_size,
-        strong=cfg.strong_augment,
-        strong_ops=cfg.strong_ops,
-        strong_magnitude=cfg.strong_magnitude,
-        crop_padding=cfg.crop_padding,
-    )
+    transform = training_transform(cfg, splits, model_cfg.image_size)
     if (warning := bf16_warning(device, cfg.bf16)) is not None:
         log(warning)
     torch.manual_seed(cfg.seed)
@@ -494,6 +487,18 @@ def reopen(
     if "test" in splits:
         out["test"] = seen_test_set(loaded.test, cfg)
     return out
+
+
+def training_transform(cfg: TrainConfig, splits: DataSplits, image_size: int) -> BatchTransform:
+    """The batch transform a run of ``cfg`` trains with: normalisation from ``splits``, its augmentation."""
+    return transform_for(
+        splits,
+        image_size,
+        strong=cfg.strong_augment,
+        strong_ops=cfg.strong_ops,
+        strong_magnitude=cfg.strong_magnitude,
+        crop_padding=cfg.crop_padding,
+    )
 
 
 def run_transform(saved: Any) -> BatchTransform:
